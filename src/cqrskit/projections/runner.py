@@ -1,0 +1,173 @@
+"""The one read-side loop: read a page of the log, apply it, commit with the checkpoint.
+
+``catch_up`` drains the log; ``run`` follows it live, sleeping on the store's wake-up and
+re-polling as a fallback. A batch's statements and its checkpoint commit in one transaction,
+so after a crash nothing is applied twice and nothing is skipped. A handler that raises
+stops the batch; the runner records the error, backs off exponentially and retries the same
+batch (the projection is ``failed`` until it succeeds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from cqrskit.errors import CqrskitError, ProjectionError
+from cqrskit.messages import LogPosition, RecordedEvent
+from cqrskit.projections.projection import Projection
+from cqrskit.read_models.protocol import ReadModelStore, Statement
+from cqrskit.store.protocol import EventStore
+
+__all__ = ["ProjectionRunner", "ProjectionState", "RunnerStatus"]
+
+_log = logging.getLogger("cqrskit.projections")
+
+
+class ProjectionState(StrEnum):
+    """What a runner is doing."""
+
+    IDLE = "idle"
+    CATCHING_UP = "catching_up"
+    RUNNING = "running"
+    FAILED = "failed"
+    REBUILDING = "rebuilding"
+    STOPPED = "stopped"
+
+
+@dataclass
+class RunnerStatus:
+    """A runner's live view of itself (read by health checks and the CLI)."""
+
+    state: ProjectionState = ProjectionState.IDLE
+    checkpoint: LogPosition | None = None
+    last_error: str | None = None
+    failures: int = 0
+    events_applied: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class ProjectionRunner:
+    """Feeds one projection from the event store into the read-model store."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        read_models: ReadModelStore,
+        projection: Projection,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.read_models = read_models
+        self.projection = projection
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.status = RunnerStatus()
+
+    @property
+    def name(self) -> str:
+        """The projection's name."""
+        return self.projection.name
+
+    async def migrate(self) -> None:
+        """Create the projection's tables (idempotent)."""
+        await self.read_models.migrate(self.projection.schema)
+
+    async def step(self, checkpoint: LogPosition, limit: int | None = None) -> LogPosition:
+        """Apply the page after ``checkpoint``; return the new checkpoint (same when empty)."""
+        page = await self.store.read_all(after=checkpoint, limit=limit or self.batch_size)
+        if not page:
+            return checkpoint
+        statements = self._statements(page)
+        position = page[-1].position
+        await self.read_models.commit(
+            self.name, statements, expected=checkpoint, position=position
+        )
+        self.status.events_applied += len(page)
+        self.status.checkpoint = position
+        return position
+
+    def _statements(self, page: list[RecordedEvent]) -> list[Statement]:
+        apply = self.projection.apply
+        statements: list[Statement] = []
+        for record in page:
+            try:
+                statements.extend(apply(record.event))
+            except Exception as exc:
+                raise ProjectionError(
+                    f"{self.name} failed on {record.event.event_type} at"
+                    f" {record.position.token()}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return statements
+
+    async def catch_up(
+        self,
+        *,
+        limit: int | None = None,
+        progress: Callable[[LogPosition, int], None] | None = None,
+    ) -> LogPosition:
+        """Apply pages until the log is drained; return the final checkpoint."""
+        checkpoint = await self.read_models.checkpoint(self.name)
+        self.status.checkpoint = checkpoint
+        while True:
+            new = await self.step(checkpoint, limit)
+            if new == checkpoint:
+                return checkpoint
+            if progress is not None:
+                progress(new, self.status.events_applied)
+            checkpoint = new
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the log until ``stop`` is set, retrying failed batches with backoff."""
+        backoff = 0.05
+        self.status.state = ProjectionState.CATCHING_UP
+        while not stop.is_set():
+            try:
+                checkpoint = await self.catch_up()
+                self.status.state = ProjectionState.RUNNING
+                self.status.last_error = None
+                backoff = 0.05
+                waiter = asyncio.ensure_future(
+                    self.store.wait_for_events(checkpoint, self.poll_interval)
+                )
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (waiter, stopper):
+                    task.cancel()
+            except asyncio.CancelledError:
+                raise
+            except CqrskitError as exc:
+                self.status.state = ProjectionState.FAILED
+                self.status.failures += 1
+                self.status.last_error = str(exc)
+                _log.warning("projection %s: %s (retry in %.2fs)", self.name, exc, backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, self.max_backoff)
+        self.status.state = ProjectionState.STOPPED
+
+    async def rebuild(
+        self,
+        *,
+        batch_size: int = 5000,
+        progress: Callable[[LogPosition, int], None] | None = None,
+    ) -> LogPosition:
+        """Empty the read model, rewind to the start and replay the whole log."""
+        self.status.state = ProjectionState.REBUILDING
+        self.status.events_applied = 0
+        await self.read_models.reset(
+            self.name, [Statement(truncate, ()) for truncate in self.projection.truncate]
+        )
+        try:
+            return await self.catch_up(limit=batch_size, progress=progress)
+        finally:
+            self.status.state = ProjectionState.IDLE

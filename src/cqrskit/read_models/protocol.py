@@ -1,0 +1,111 @@
+"""The read-model store port: SQL read models whose writes commit with a checkpoint.
+
+Guarantees every adapter keeps:
+
+1. ``commit`` runs all of a batch's statements and moves the projection's checkpoint in one
+   transaction: after a crash either both are stored or neither.
+2. ``commit`` moves the checkpoint only from the position the caller last saw
+   (``expected``); if another writer moved it meanwhile, nothing is written and
+   :class:`~cqrskit.errors.ProjectionError` is raised. A stale writer can never overwrite a
+   newer batch.
+3. ``reset`` empties a projection's tables and rewinds its checkpoint in one transaction.
+4. Values only ever travel as bound parameters.
+
+SQL is written once with PostgreSQL's ``$1`` placeholders; :func:`sql` derives SQLite's
+``?1`` form, or takes an explicit SQLite text where the dialects differ (full-text search).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from cqrskit.messages import LogPosition
+
+__all__ = [
+    "CheckpointRow",
+    "ReadModelStore",
+    "Sql",
+    "Statement",
+    "sql",
+]
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class Sql(NamedTuple):
+    """One SQL text per dialect."""
+
+    postgres: str
+    sqlite: str
+
+    def __call__(self, *params: Any) -> Statement:
+        """Bind parameters, giving a :class:`Statement`."""
+        return Statement(self, params)
+
+
+def sql(text: str, *, sqlite: str | None = None) -> Sql:
+    """Declare a SQL text with ``$n`` placeholders, valid on both dialects unless overridden."""
+    return Sql(text, sqlite if sqlite is not None else _PLACEHOLDER.sub(r"?\1", text))
+
+
+class Statement(NamedTuple):
+    """A SQL text with its bound parameters."""
+
+    sql: Sql
+    params: tuple[Any, ...]
+
+
+class CheckpointRow(NamedTuple):
+    """A projection's stored checkpoint."""
+
+    name: str
+    position: LogPosition
+    updated_at: datetime | None
+
+
+class ReadModelStore(Protocol):
+    """SQL tables for read models, plus projection checkpoints, in one database."""
+
+    dialect: str
+
+    async def migrate(self, ddl: Sequence[Sql]) -> None:
+        """Run idempotent DDL (``CREATE ... IF NOT EXISTS``) in one transaction."""
+        ...
+
+    async def fetch(self, query: Sql, *params: Any) -> list[Mapping[str, Any]]:
+        """Run a read-only query and return its rows."""
+        ...
+
+    async def fetchone(self, query: Sql, *params: Any) -> Mapping[str, Any] | None:
+        """Run a read-only query and return its first row, or ``None``."""
+        ...
+
+    async def checkpoint(self, name: str) -> LogPosition:
+        """Return the projection's checkpoint (the log start when it has none)."""
+        ...
+
+    async def checkpoints(self) -> list[CheckpointRow]:
+        """Return every stored checkpoint."""
+        ...
+
+    async def commit(
+        self,
+        name: str,
+        statements: Sequence[Statement],
+        *,
+        expected: LogPosition,
+        position: LogPosition,
+    ) -> None:
+        """Apply ``statements`` and move the checkpoint ``expected -> position`` atomically.
+
+        Raises :class:`~cqrskit.errors.ProjectionError` (and writes nothing) when the stored
+        checkpoint is not ``expected``.
+        """
+        ...
+
+    async def reset(self, name: str, statements: Sequence[Statement]) -> None:
+        """Run ``statements`` (emptying tables) and rewind the checkpoint, atomically."""
+        ...

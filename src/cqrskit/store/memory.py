@@ -1,0 +1,82 @@
+"""In-memory event store for users' unit tests (not durable; one process)."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+from cqrskit.errors import ConcurrencyError
+from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
+from cqrskit.store._notify import Notifier
+from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
+
+__all__ = ["MemoryEventStore"]
+
+
+class MemoryEventStore:
+    """Keeps the log in a list; positions start at 1."""
+
+    def __init__(self) -> None:
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[DomainEvent]] = {}
+        self._ids: set[object] = set()
+        self._notifier = Notifier()
+        self._lock = asyncio.Lock()
+
+    async def append(self, *streams: StreamAppend) -> AppendResult:
+        async with self._lock:
+            staged: list[DomainEvent] = []
+            seen_ids = set(self._ids)
+            for stream_id, expected, events in streams:
+                current = len(self._streams.get(stream_id, ())) + sum(
+                    1 for e in staged if e.stream_id == stream_id
+                )
+                if expected != ANY_VERSION and expected != current:
+                    raise ConcurrencyError(stream_id, expected, current)
+                for offset, event in enumerate(events, start=1):
+                    event_id = uuid4() if event.event_id == NIL_UUID else event.event_id
+                    if event_id in seen_ids:
+                        raise ConcurrencyError(stream_id, expected, current)
+                    seen_ids.add(event_id)
+                    staged.append(
+                        event.model_copy(
+                            update={
+                                "event_id": event_id,
+                                "stream_id": stream_id,
+                                "version": current + offset,
+                            }
+                        )
+                    )
+            now = utc_now()
+            recorded = []
+            for event in staged:
+                position = LogPosition(0, len(self._log) + 1)
+                record = RecordedEvent(position, event, now)
+                self._log.append(record)
+                self._streams.setdefault(event.stream_id, []).append(event)
+                self._ids.add(event.event_id)
+                recorded.append(record)
+        if recorded:
+            self._notifier.notify()
+        return AppendResult(recorded)
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
+        return list(self._streams.get(stream_id, ())[after_version:])
+
+    async def stream_version(self, stream_id: str) -> int:
+        return len(self._streams.get(stream_id, ()))
+
+    async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        return self._log[after.position : after.position + limit]
+
+    async def head(self) -> LogPosition:
+        return LogPosition(0, len(self._log))
+
+    async def count_after(self, after: LogPosition) -> int:
+        return max(0, len(self._log) - after.position)
+
+    async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
+        return await self._notifier.wait(lambda: len(self._log) > after.position, timeout)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,106 @@
+"""The event store port: the one source of truth, and the publication of every event.
+
+Guarantees every adapter keeps (the shipped contract tests in
+:mod:`cqrskit.testing.contracts` check each one):
+
+1. ``append`` is atomic across all the streams it is given: every event is stored, or none.
+2. Per stream, versions are contiguous from 1; ``(stream_id, version)`` is unique.
+3. An expected version that does not match the stream's current version raises
+   :class:`~cqrskit.errors.ConcurrencyError` and stores nothing.
+4. When ``append`` returns, its events are durable and visible to ``read_stream``.
+5. ``read_all`` returns events in log order, strictly after the position given, and never
+   skips an event that a later call could still return: a reader that checkpoints the last
+   position it saw loses nothing and reads nothing twice.
+6. Per stream, the log order is version order.
+7. Event ids are unique across the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from cqrskit.messages import DomainEvent, LogPosition, RecordedEvent
+
+__all__ = [
+    "ANY_VERSION",
+    "NO_STREAM",
+    "AppendResult",
+    "EventStore",
+    "StreamAppend",
+]
+
+ANY_VERSION = -1
+"""Expected version that skips the optimistic check (the store numbers the events)."""
+NO_STREAM = 0
+"""Expected version of a stream that must not exist yet."""
+
+
+class StreamAppend(NamedTuple):
+    """Events to append to one stream, guarded by the version the caller last saw."""
+
+    stream_id: str
+    expected_version: int
+    events: Sequence[DomainEvent]
+
+
+class AppendResult(NamedTuple):
+    """What an append stored: the events as recorded, in log order."""
+
+    events: list[RecordedEvent]
+
+    @property
+    def position(self) -> LogPosition:
+        """The log position of the last appended event (the consistency token)."""
+        return self.events[-1].position
+
+
+class EventStore(Protocol):
+    """Append-only storage of event streams with a global, gap-safe log."""
+
+    async def append(self, *streams: StreamAppend) -> AppendResult:
+        """Append events to one or several streams in one atomic transaction.
+
+        Each stream's events get versions ``current + 1 ...``; when ``expected_version`` is
+        not :data:`ANY_VERSION` it must equal the current version (0 for a new stream),
+        otherwise :class:`~cqrskit.errors.ConcurrencyError` is raised and nothing is stored.
+        Events whose ``event_id`` is the nil UUID get a fresh one. Raises
+        :class:`~cqrskit.errors.OperationalError` when the database is unavailable; in that
+        case the outcome is unknown to the caller (retry with the same command id).
+        """
+        ...
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
+        """Return one stream's events with version greater than ``after_version``, in order."""
+        ...
+
+    async def stream_version(self, stream_id: str) -> int:
+        """Return the stream's current version (0 when it does not exist)."""
+        ...
+
+    async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        """Return up to ``limit`` events of the global log strictly after ``after``.
+
+        Only events that can no longer be preceded by a later commit are returned, so the
+        caller may checkpoint the last position it received.
+        """
+        ...
+
+    async def head(self) -> LogPosition:
+        """Return the position of the last event ``read_all`` can currently return."""
+        ...
+
+    async def count_after(self, after: LogPosition) -> int:
+        """Return how many readable events lie strictly after ``after``."""
+        ...
+
+    async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
+        """Wait until an event after ``after`` is readable or ``timeout`` seconds pass.
+
+        Returns whether new events are readable. Wake-ups are hints: callers re-read the log.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
