@@ -42,8 +42,14 @@ def sqlite_path_from_url(url: str) -> Path:
     return Path(parts.path[1:])
 
 
+def _is_uri(path: Path | str) -> bool:
+    return isinstance(path, str) and path[:5] == "file:"
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
-    uri = isinstance(path, str) and path.startswith("file:")
+    uri = _is_uri(path)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=uri)
     conn.row_factory = sqlite3.Row
     for pragma in _PRAGMAS:
@@ -73,11 +79,7 @@ class SQLiteDatabase:
     @classmethod
     async def open(cls, path: Path | str) -> SQLiteDatabase:
         """Open (creating the file and its directory) and set WAL and durability pragmas."""
-        if isinstance(path, str) and not path.startswith("file:"):
-            path = Path(path)
-        db = cls(path)
-        if isinstance(db.path, Path):
-            db.path.parent.mkdir(parents=True, exist_ok=True)
+        db = cls(path if isinstance(path, Path) or _is_uri(path) else Path(path))
         loop = asyncio.get_running_loop()
         try:
             db._writer = await loop.run_in_executor(db._writer_thread, _connect, db.path)
@@ -116,7 +118,10 @@ class SQLiteDatabase:
     async def close(self) -> None:
         """Close both connections and stop their threads."""
         loop = asyncio.get_running_loop()
-        for conn, thread in ((self._writer, self._writer_thread), (self._reader, self._reader_thread)):
+        for conn, thread in (
+            (self._writer, self._writer_thread),
+            (self._reader, self._reader_thread),
+        ):
             if conn is not None:
                 await loop.run_in_executor(thread, conn.close)
             thread.shutdown(wait=True)

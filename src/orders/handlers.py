@@ -88,7 +88,9 @@ async def create_order(command: CreateOrder, repo: Repository) -> None:
 async def add_order_item(command: AddOrderItem, repo: Repository) -> None:
     order = await repo.load(Order, str(command.order_id))
     order.add_item(command.item, at=command.timestamp)
-    await _reserve(repo, order.id, Counter({command.item.product_id: command.item.quantity}), command)
+    await _reserve(
+        repo, order.id, Counter({command.item.product_id: command.item.quantity}), command
+    )
 
 
 async def update_shipping_address(command: UpdateShippingAddress, repo: Repository) -> None:

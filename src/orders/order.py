@@ -163,7 +163,9 @@ class Order(Aggregate):
     def update_shipping_address(self, address: Address, *, at: datetime) -> None:
         """Change the address; only before shipping or cancelling."""
         self._require_pending("change the address of")
-        self._raise(ShippingAddressUpdated(order_id=self.id, shipping_address=address, occurred_at=at))
+        self._raise(
+            ShippingAddressUpdated(order_id=self.id, shipping_address=address, occurred_at=at)
+        )
 
     def ship(self, *, at: datetime) -> None:
         """Ship a pending order."""

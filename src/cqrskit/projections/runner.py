@@ -10,6 +10,7 @@ batch (the projection is ``failed`` until it succeeds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -87,9 +88,7 @@ class ProjectionRunner:
             return checkpoint
         statements = self._statements(page)
         position = page[-1].position
-        await self.read_models.commit(
-            self.name, statements, expected=checkpoint, position=position
-        )
+        await self.read_models.commit(self.name, statements, expected=checkpoint, position=position)
         self.status.events_applied += len(page)
         self.status.checkpoint = position
         return position
@@ -148,10 +147,8 @@ class ProjectionRunner:
                 self.status.failures += 1
                 self.status.last_error = str(exc)
                 _log.warning("projection %s: %s (retry in %.2fs)", self.name, exc, backoff)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                except TimeoutError:
-                    pass
                 backoff = min(backoff * 2, self.max_backoff)
         self.status.state = ProjectionState.STOPPED
 

@@ -100,9 +100,7 @@ class SQLiteReadModelStore:
 
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute(_ENSURE, (name,))
-            moved = conn.execute(
-                _MOVE, (*position, now, name, *expected)
-            ).rowcount
+            moved = conn.execute(_MOVE, (*position, now, name, *expected)).rowcount
             if moved != 1:
                 raise ProjectionError(f"checkpoint of {name!r} moved; batch discarded")
             _run(conn, statements)

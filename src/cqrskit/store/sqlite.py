@@ -44,9 +44,7 @@ _COLUMNS = (
     "position, event_id, stream_id, version, event_type, schema_version, data, metadata,"
     " occurred_at, recorded_at"
 )
-_READ_STREAM = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version"  # noqa: S608
-)
+_READ_STREAM = f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version"  # noqa: S608
 _READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 _COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?"
@@ -97,8 +95,16 @@ class SQLiteEventStore:
                     event = event.model_copy(update={"event_id": uuid4()})
                 s = serialize(event)
                 prepared.append(
-                    (str(s.event_id), stream_id, s.event_type, s.schema_version, s.data,
-                     s.metadata, s.occurred_at.isoformat(), recorded_at)
+                    (
+                        str(s.event_id),
+                        stream_id,
+                        s.event_type,
+                        s.schema_version,
+                        s.data,
+                        s.metadata,
+                        s.occurred_at.isoformat(),
+                        recorded_at,
+                    )
                 )
                 stamped.append(event)
             rows.append((stream_id, expected, prepared, stamped))
@@ -142,7 +148,9 @@ class SQLiteEventStore:
 
     async def stream_version(self, stream_id: str) -> int:
         return int(
-            await self.db.read(lambda conn: conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0])
+            await self.db.read(
+                lambda conn: conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
+            )
         )
 
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
