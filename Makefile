@@ -41,3 +41,14 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+.PHONY: bench bench-quick
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench --full
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/python -m bench --quick
