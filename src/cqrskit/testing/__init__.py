@@ -15,4 +15,10 @@ if importlib.util.find_spec("pytest") is not None:
     pytest.register_assert_rewrite("cqrskit.testing.contracts")
     del pytest
 
-__all__: list[str] = []
+from cqrskit.testing.given import CommandHarness, Outcome, Scenario, assert_events, given
+
+__all__ = ["CommandHarness", "Outcome", "Scenario", "assert_events", "given"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
