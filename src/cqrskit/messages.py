@@ -137,7 +137,10 @@ class LogPosition(NamedTuple):
     def parse(cls, token: str) -> LogPosition:
         """Parse a consistency token; raise ``ValueError`` when it is malformed."""
         head, sep, tail = token.partition(".")
-        if not sep or not head.isdigit() or not tail.isdigit() or len(token) > 41:
+        # isascii: str.isdigit also accepts other scripts' digits and superscripts.
+        if not sep or not (head + tail).isascii() or not head.isdigit() or not tail.isdigit():
+            raise ValueError("malformed consistency token")
+        if len(token) > 41:
             raise ValueError("malformed consistency token")
         return cls(int(head), int(tail))
 
