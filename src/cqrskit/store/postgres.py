@@ -1,0 +1,360 @@
+"""PostgreSQL event store: concurrent writers, a gap-safe log read below the xid fence.
+
+Events carry the writing transaction's ``xid8``; the log is ordered and checkpointed by
+``(transaction_id, position)`` and read only below ``pg_snapshot_xmin(pg_current_snapshot())``,
+where no transaction can still be in flight (docs/ordering.md explains why this never skips
+an event). An append is one statement: it reads each stream's version, checks the expected
+versions and inserts every event before the transaction has written anything, so a racing
+appender waits on the unique ``(stream_id, version)`` index and then fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from cqrskit._postgres import CHANNEL, Listener, PostgresDatabase, translating
+from cqrskit.backend import Backend
+from cqrskit.errors import ConcurrencyError, OperationalError
+from cqrskit.messages import LOG_START, NIL_UUID, DomainEvent, LogPosition, RecordedEvent
+from cqrskit.store.mapper import deserialize, serialize
+from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
+
+__all__ = ["SCHEMA", "PostgresEventStore", "open_postgres_backend"]
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        position bigint GENERATED ALWAYS AS IDENTITY,
+        transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        event_id uuid NOT NULL,
+        stream_id text NOT NULL,
+        version integer NOT NULL CHECK (version >= 1),
+        event_type text NOT NULL,
+        schema_version integer NOT NULL,
+        data jsonb NOT NULL,
+        metadata jsonb NOT NULL,
+        occurred_at timestamptz NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT events_pkey PRIMARY KEY (position),
+        CONSTRAINT events_event_id_key UNIQUE (event_id),
+        CONSTRAINT events_stream_version_key UNIQUE (stream_id, version)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS events_log_order ON events (transaction_id, position)",
+    """
+    CREATE TABLE IF NOT EXISTS projection_checkpoints (
+        name text PRIMARY KEY,
+        transaction_id bigint NOT NULL DEFAULT 0,
+        position bigint NOT NULL DEFAULT 0,
+        updated_at timestamptz
+    )
+    """,
+)
+
+_FENCE = "pg_snapshot_xmin(pg_current_snapshot())"
+_AFTER = "(transaction_id, position) > ($1::text::xid8, $2::bigint)"
+
+# $1-$3 describe each StreamAppend (``base``: events of the same stream earlier in the call);
+# $4-$10 each event, with the 1-based index of its StreamAppend. Versions are read in the
+# statement's snapshot, before the first insert assigns the transaction its xid.
+_APPEND = """
+WITH s AS (
+    SELECT t.i, t.stream_id, t.expected, t.base,
+           coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = t.stream_id), 0)
+               AS current
+    FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY AS t(stream_id, expected, base, i)
+), bad AS (
+    SELECT stream_id, expected, current + base AS current
+    FROM s WHERE expected <> -1 AND expected <> current + base
+), ins AS (
+    INSERT INTO events
+        (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
+    SELECT v.event_id, s.stream_id,
+           s.current + s.base + row_number() OVER (PARTITION BY v.si ORDER BY v.n),
+           v.event_type, v.schema_version, v.data::jsonb, v.metadata::jsonb, v.occurred_at
+    FROM unnest($4::int[], $5::uuid[], $6::text[], $7::int[], $8::text[], $9::text[],
+                $10::timestamptz[])
+         WITH ORDINALITY AS v(si, event_id, event_type, schema_version, data, metadata,
+                              occurred_at, n)
+    JOIN s ON s.i = v.si
+    WHERE NOT EXISTS (SELECT 1 FROM bad)
+    ORDER BY v.n
+    RETURNING event_id, position, transaction_id, version, recorded_at
+)
+SELECT event_id, position, transaction_id::text::bigint AS transaction_id, version,
+       recorded_at, NULL::text AS stream_id, NULL::int AS expected
+FROM ins
+UNION ALL
+SELECT NULL, NULL, NULL, current, NULL, stream_id, expected FROM bad
+"""
+_COLUMNS = (
+    "transaction_id::text::bigint AS transaction_id, position, event_id, stream_id, version,"
+    " event_type, schema_version, data::text AS data, metadata::text AS metadata, occurred_at,"
+    " recorded_at"
+)
+_READ_STREAM = (
+    f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version"  # noqa: S608 (constant columns)
+)
+_STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
+_READ_ALL = (
+    f"SELECT {_COLUMNS} FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}"  # noqa: S608 (constant text)
+    " ORDER BY transaction_id, position LIMIT $3"
+)
+_HEAD = (
+    "SELECT transaction_id::text::bigint AS transaction_id, position FROM events"  # noqa: S608 (constant text)
+    f" WHERE transaction_id < {_FENCE} ORDER BY transaction_id DESC, position DESC LIMIT 1"
+)
+_COUNT_AFTER = f"SELECT count(*) FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}"  # noqa: S608 (constant text)
+# Readable: something after ``after`` lies below the fence. Committed: something after it is
+# visible at all, so if it is not readable yet an older transaction holds the fence back.
+_PROBE = (
+    f"SELECT EXISTS (SELECT 1 FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}),"  # noqa: S608 (constant text)
+    f" EXISTS (SELECT 1 FROM events WHERE {_AFTER})"
+)
+# Announced after commit, asynchronously: a NOTIFY inside the append would hold PostgreSQL's
+# global notification lock through the commit's WAL flush and serialize every writer.
+_ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
+
+_REPOLL_MIN = 0.005
+_REPOLL_MAX = 0.02
+_FALLBACK_POLL = 0.2
+_ANY_VERSION_RETRIES = 10
+_log = logging.getLogger("cqrskit.postgres")
+
+
+def _record(row: asyncpg.Record) -> RecordedEvent:
+    event = deserialize(
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=row["data"],
+        metadata=row["metadata"],
+        event_id=row["event_id"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        occurred_at=row["occurred_at"],
+    )
+    return RecordedEvent(
+        LogPosition(row["transaction_id"], row["position"]), event, row["recorded_at"]
+    )
+
+
+class PostgresEventStore:
+    """Event store on a :class:`~cqrskit._postgres.PostgresDatabase`."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = db
+        self._wakeup = asyncio.Event()
+        self._listener = Listener(db.url, self._wake, connect_timeout=db.connect_timeout)
+        self._announce = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start listening for appends made by other connections and processes."""
+        await self._listener.start()
+
+    async def migrate(self) -> None:
+        """Create the events and checkpoint tables if they are missing (idempotent)."""
+        await self.db.migrate(SCHEMA)
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+
+    async def append(self, *streams: StreamAppend) -> AppendResult:
+        if not streams:
+            return AppendResult([])
+        for attempt in range(_ANY_VERSION_RETRIES):
+            try:
+                async with self.db.connection() as conn:
+                    result = await self.append_on(conn, *streams)
+                break
+            except _VersionRace:
+                # Nobody asked for a version check: number the events again.
+                retry = all(s.expected_version == ANY_VERSION for s in streams)
+                if not retry or attempt == _ANY_VERSION_RETRIES - 1:
+                    raise
+        if result.events:
+            self.announce()
+        return result
+
+    async def append_on(self, conn: Any, *streams: StreamAppend) -> AppendResult:
+        """Append on a connection the caller owns, inside the caller's transaction if any.
+
+        It must be the transaction's first write (versions are read before the xid exists).
+        The caller commits, then calls :meth:`announce` to wake readers at once.
+        """
+        arrays = _Arrays.build(streams)
+        with translating():
+            try:
+                rows = await conn.fetch(_APPEND, *arrays.params())
+            except asyncpg.UniqueViolationError as exc:
+                raise _conflict(exc, streams) from None
+        placed: dict[UUID, asyncpg.Record] = {}
+        for row in rows:
+            if row["position"] is None:
+                raise ConcurrencyError(row["stream_id"], row["expected"], row["version"])
+            placed[row["event_id"]] = row
+        recorded = []
+        for stream_id, event in arrays.events:
+            row = placed[event.event_id]
+            event = event.model_copy(update={"stream_id": stream_id, "version": row["version"]})
+            position = LogPosition(row["transaction_id"], row["position"])
+            recorded.append(RecordedEvent(position, event, row["recorded_at"]))
+        recorded.sort(key=lambda r: r.position)
+        return AppendResult(recorded)
+
+    def announce(self) -> None:
+        """Wake local readers now and other processes' listeners shortly (coalesced)."""
+        self._wake()
+        self._announce.set()
+        if not self._closed and (self._announcer is None or self._announcer.done()):
+            self._announcer = asyncio.get_running_loop().create_task(self._send_announcements())
+
+    async def _send_announcements(self) -> None:
+        while self._announce.is_set() and not self._closed:
+            self._announce.clear()
+            try:
+                async with self.db.connection() as conn:
+                    await conn.execute(_ANNOUNCE)
+            except OperationalError as exc:
+                _log.debug("announcement not sent (readers will poll): %s", exc)
+                return
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
+        rows = await self.db.fetch(_READ_STREAM, stream_id, after_version)
+        return [_record(row).event for row in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        row = await self.db.fetchrow(_STREAM_VERSION, stream_id)
+        return 0 if row is None else int(row[0])
+
+    async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        rows = await self.db.fetch(_READ_ALL, str(after.transaction_id), after.position, limit)
+        return [_record(row) for row in rows]
+
+    async def head(self) -> LogPosition:
+        row = await self.db.fetchrow(_HEAD)
+        return LOG_START if row is None else LogPosition(row[0], row[1])
+
+    async def count_after(self, after: LogPosition) -> int:
+        row = await self.db.fetchrow(_COUNT_AFTER, str(after.transaction_id), after.position)
+        return 0 if row is None else int(row[0])
+
+    async def _probe(self, after: LogPosition) -> tuple[bool, bool]:
+        row = await self.db.fetchrow(_PROBE, str(after.transaction_id), after.position)
+        return (False, False) if row is None else (bool(row[0]), bool(row[1]))
+
+    async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        repoll = _REPOLL_MIN
+        while True:
+            wakeup = self._wakeup  # taken before the probe: a wake-up during it is not lost
+            readable, committed = await self._probe(after)
+            if readable:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if committed:
+                # Committed after ``after`` but an older transaction holds the fence: re-poll.
+                await asyncio.sleep(min(repoll, remaining))
+                repoll = min(repoll * 2, _REPOLL_MAX)
+                continue
+            wait = remaining if self._listener.connected else min(_FALLBACK_POLL, remaining)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), wait)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        task, self._announcer = self._announcer, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 2.0)
+        await self._listener.close()
+        await self.db.close()
+
+
+class _Arrays:
+    """The append statement's column arrays (nil event ids replaced by fresh ones)."""
+
+    def __init__(self) -> None:
+        self.streams: tuple[list[str], list[int], list[int]] = ([], [], [])
+        self.columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        self.events: list[tuple[str, DomainEvent]] = []
+
+    @classmethod
+    def build(cls, streams: Sequence[StreamAppend]) -> _Arrays:
+        arrays = cls()
+        queued: dict[str, int] = {}
+        ids, expected, bases = arrays.streams
+        for index, (stream_id, expected_version, events) in enumerate(streams, start=1):
+            ids.append(stream_id)
+            expected.append(expected_version)
+            bases.append(queued.get(stream_id, 0))
+            queued[stream_id] = bases[-1] + len(events)
+            for event in events:
+                if event.event_id == NIL_UUID:
+                    event = event.model_copy(update={"event_id": uuid4()})
+                s = serialize(event)
+                row = (
+                    index,
+                    s.event_id,
+                    s.event_type,
+                    s.schema_version,
+                    s.data,
+                    s.metadata,
+                    s.occurred_at,
+                )
+                for column, value in zip(arrays.columns, row, strict=True):
+                    column.append(value)
+                arrays.events.append((stream_id, event))
+        return arrays
+
+    def params(self) -> tuple[list[Any], ...]:
+        return (*self.streams, *self.columns)
+
+
+class _VersionRace(ConcurrencyError):
+    """A racing transaction committed the same ``(stream_id, version)`` first."""
+
+
+def _conflict(exc: asyncpg.UniqueViolationError, streams: Sequence[StreamAppend]) -> Exception:
+    # The same (stream_id, version) or event id was committed by someone else first.
+    detail = str(getattr(exc, "detail", "") or "")
+    culprit = next((s for s in streams if f"=({s.stream_id}, " in detail), streams[0])
+    if getattr(exc, "constraint_name", None) == "events_stream_version_key":
+        return _VersionRace(culprit.stream_id, culprit.expected_version)
+    return ConcurrencyError(culprit.stream_id, culprit.expected_version)
+
+
+async def open_postgres_backend(
+    url: str,
+    *,
+    migrate: bool = True,
+    min_size: int = 1,
+    max_size: int = 10,
+) -> Backend:
+    """Open the pool, the store's listener and read models; create the schema when asked."""
+    from cqrskit.read_models.postgres import PostgresReadModelStore
+
+    db = await PostgresDatabase.open(url, min_size=min_size, max_size=max_size)
+    store = PostgresEventStore(db)
+    try:
+        if migrate:
+            await store.migrate()
+        await store.start()
+    except BaseException:
+        await store.close()
+        raise
+    return Backend(url, store, PostgresReadModelStore(db))
