@@ -1,0 +1,33 @@
+"""FastAPI integration: the app factory, problem+json errors, health, metrics, body limits.
+
+Routers of a service use :data:`RuntimeDep` to reach the runtime (buses, backend) and
+:data:`Commands` to send commands; HTTP status codes live only in this package.
+"""
+
+from cqrskit.http.app import (
+    CONSISTENCY_HEADER,
+    Commands,
+    CommandSender,
+    RuntimeDep,
+    create_app,
+    get_commands,
+    get_runtime,
+)
+from cqrskit.http.problems import PROBLEM_JSON, problem, status_for
+
+__all__ = [
+    "CONSISTENCY_HEADER",
+    "PROBLEM_JSON",
+    "CommandSender",
+    "Commands",
+    "RuntimeDep",
+    "create_app",
+    "get_commands",
+    "get_runtime",
+    "problem",
+    "status_for",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -1,0 +1,149 @@
+"""Prometheus metrics of one HTTP app, served at ``GET /metrics``.
+
+Each app owns a :class:`Metrics` with its own ``CollectorRegistry`` (never the process-global
+one), so several apps in one process do not clash. Exposed series:
+
+- ``cqrskit_commands_total{command, outcome}``: commands sent through
+  :func:`cqrskit.http.dispatch_command`; ``outcome`` is ``ok`` or the error's class name.
+- ``cqrskit_command_duration_seconds{command}``: histogram of their latency.
+- ``cqrskit_http_requests_total{method, route, status}``: every request, labelled with the
+  route template (``/api/v1/orders/{order_id}``), never the raw path.
+- ``cqrskit_projection_lag_events{projection}``, ``cqrskit_projection_lag_seconds{projection}``,
+  ``cqrskit_projection_failures{projection}``: measured when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cqrskit.command_bus import CommandBus, CommandResult
+from cqrskit.messages import Command
+
+if TYPE_CHECKING:
+    from cqrskit.service import Runtime
+
+__all__ = ["HttpMetrics", "Metrics", "metrics_router"]
+
+
+class Metrics:
+    """The metric families of one app, in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            "cqrskit_commands",
+            "Commands handled, by type and outcome.",
+            ["command", "outcome"],
+            registry=r,
+        )
+        self.command_seconds = Histogram(
+            "cqrskit_command_duration_seconds",
+            "Command latency in seconds.",
+            ["command"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "cqrskit_http_requests",
+            "HTTP requests, by method, route and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.lag_events = Gauge(
+            "cqrskit_projection_lag_events",
+            "Events a projection has not applied yet.",
+            ["projection"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "cqrskit_projection_lag_seconds",
+            "Age of the oldest event a projection has not applied.",
+            ["projection"],
+            registry=r,
+        )
+        self.failures = Gauge(
+            "cqrskit_projection_failures",
+            "Failed batches since the projection started.",
+            ["projection"],
+            registry=r,
+        )
+
+    async def dispatch(self, bus: CommandBus, command: Command) -> CommandResult:
+        """Dispatch ``command`` on ``bus``, counting its outcome and timing it."""
+        name = type(command).__name__
+        outcome = "error"
+        started = time.perf_counter()
+        try:
+            result = await bus.dispatch(command)
+            outcome = "ok"
+            return result
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.commands.labels(name, outcome).inc()
+            self.command_seconds.labels(name).observe(time.perf_counter() - started)
+
+    async def refresh_projections(self, runtime: Runtime) -> None:
+        """Measure projection lag now (called on every scrape)."""
+        for lag in await runtime.lag():
+            self.lag_events.labels(lag.name).set(lag.lag_events)
+            self.lag_seconds.labels(lag.name).set(lag.lag_seconds)
+            runner = runtime.runners.get(lag.name)
+            if runner is not None:
+                self.failures.labels(lag.name).set(runner.status.failures)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetrics:
+    """Pure ASGI middleware counting requests by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.http_requests.labels(method, template, str(status)).inc()
+
+
+def metrics_router(metrics: Metrics, runtime: Callable[[Request], Runtime]) -> APIRouter:
+    """A router serving ``GET /metrics`` from ``metrics`` (lag measured per scrape)."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics", response_class=Response)
+    async def scrape(request: Request) -> Response:
+        """Prometheus metrics of this process."""
+        await metrics.refresh_projections(runtime(request))
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

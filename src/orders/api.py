@@ -1,0 +1,335 @@
+"""HTTP routes of the orders service (the seed's paths, under ``/api/v1``).
+
+Request bodies are their own models, not the commands: the server picks every new id
+(``uuid4``) and the command's timestamp, and the user id never comes from the body. Every
+command answers with its consistency token, in the body (``consistency_token``) and in the
+``X-Consistency-Token`` header. Queries read read models, which are eventually consistent:
+a GET right after a command may not see it yet.
+
+``/orders/search`` and ``/orders/statistics`` are declared before ``/orders/{order_id}`` so
+they are not taken for an order id.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from cqrskit.http import Commands, RuntimeDep
+from orders.customer import RegisterCustomer
+from orders.order import (
+    AddOrderItem,
+    CancelOrder,
+    CreateOrder,
+    OrderStatus,
+    ShipOrder,
+    UpdateShippingAddress,
+)
+from orders.product import AddProduct, RestockProduct
+from orders.queries import (
+    CustomerSummary,
+    GetCustomerSummary,
+    GetOrderById,
+    GetOrdersByCustomer,
+    GetOrderStatistics,
+    OrderStatistics,
+    OrderSummaryPage,
+    OrderView,
+    SearchOrders,
+)
+from orders.values import MAX_ITEMS_PER_ORDER, Address, Email, Money, Name, OrderLine, Quantity
+
+__all__ = [
+    "AddressRequest",
+    "CreateCustomerRequest",
+    "CreateOrderRequest",
+    "CreateProductRequest",
+    "OrderItemRequest",
+    "RestockRequest",
+    "router",
+]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _plausible(moment: datetime) -> datetime:
+    if not 1900 <= moment.year <= 9000:
+        raise ValueError("year must be between 1900 and 9000")
+    return moment
+
+
+Text = Annotated[Name, AfterValidator(_printable)]
+PostalCode = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=20),
+    AfterValidator(_printable),
+]
+SafeEmail = Annotated[Email, AfterValidator(_printable)]
+Moment = Annotated[datetime, AfterValidator(_plausible)]
+SafeQuery = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+Reason = Annotated[str, Field(max_length=500), AfterValidator(_printable)]
+Page = Annotated[int, Query(ge=1, le=1_000_000)]
+PageSize = Annotated[int, Query(ge=1, le=100)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CreateCustomerRequest(_Request):
+    """Register a customer."""
+
+    name: Text
+    email: SafeEmail
+
+
+class CreateProductRequest(_Request):
+    """Add a product to the catalog."""
+
+    name: Text
+    unit_price: Money
+    stock: int = Field(ge=0, le=1_000_000_000)
+
+
+class RestockRequest(_Request):
+    """Add units to a product's stock."""
+
+    quantity: Quantity
+
+
+class AddressRequest(_Request):
+    """A shipping address."""
+
+    street: Text
+    city: Text
+    postal_code: PostalCode
+    country: Text
+
+    def to_address(self) -> Address:
+        """The domain value."""
+        return Address.model_validate(self.model_dump())
+
+
+class OrderItemRequest(_Request):
+    """One order line."""
+
+    product_id: UUID
+    quantity: Quantity
+    unit_price: Money
+
+    def to_line(self) -> OrderLine:
+        """The domain value."""
+        return OrderLine(
+            product_id=self.product_id, quantity=self.quantity, unit_price=self.unit_price
+        )
+
+
+class CreateOrderRequest(_Request):
+    """Place an order."""
+
+    customer_id: UUID
+    items: list[OrderItemRequest] = Field(min_length=1, max_length=MAX_ITEMS_PER_ORDER)
+    shipping_address: AddressRequest
+
+
+class _Accepted(BaseModel):
+    consistency_token: str | None
+
+
+class CustomerCreated(_Accepted):
+    """A registered customer's id."""
+
+    customer_id: UUID
+
+
+class ProductCreated(_Accepted):
+    """A new product's id."""
+
+    product_id: UUID
+
+
+class ProductRestocked(_Accepted):
+    """A restocked product."""
+
+    status: Literal["restocked"] = "restocked"
+    product_id: UUID
+
+
+class OrderCreated(_Accepted):
+    """A placed order's id."""
+
+    order_id: UUID
+
+
+class OrderChanged(_Accepted):
+    """What happened to an order."""
+
+    status: Literal["item_added", "address_updated", "shipped", "cancelled"]
+    order_id: UUID
+
+
+router = APIRouter(prefix="/api/v1", tags=["orders"])
+
+
+@router.post("/customers", status_code=201)
+async def register_customer(body: CreateCustomerRequest, commands: Commands) -> CustomerCreated:
+    """Register a customer."""
+    customer_id = uuid4()
+    token = await commands.send(
+        RegisterCustomer(customer_id=customer_id, name=body.name, email=body.email)
+    )
+    return CustomerCreated(customer_id=customer_id, consistency_token=token)
+
+
+@router.post("/products", status_code=201)
+async def add_product(body: CreateProductRequest, commands: Commands) -> ProductCreated:
+    """Add a product to the catalog."""
+    product_id = uuid4()
+    token = await commands.send(
+        AddProduct(
+            product_id=product_id, name=body.name, unit_price=body.unit_price, stock=body.stock
+        )
+    )
+    return ProductCreated(product_id=product_id, consistency_token=token)
+
+
+@router.post("/products/{product_id}/restock")
+async def restock_product(
+    product_id: UUID, body: RestockRequest, commands: Commands
+) -> ProductRestocked:
+    """Add units to a product's stock."""
+    token = await commands.send(RestockProduct(product_id=product_id, quantity=body.quantity))
+    return ProductRestocked(product_id=product_id, consistency_token=token)
+
+
+@router.post("/orders", status_code=201)
+async def create_order(body: CreateOrderRequest, commands: Commands) -> OrderCreated:
+    """Place an order; its stock is reserved atomically (insufficient stock: 400)."""
+    order_id = uuid4()
+    token = await commands.send(
+        CreateOrder(
+            order_id=order_id,
+            customer_id=body.customer_id,
+            items=[item.to_line() for item in body.items],
+            shipping_address=body.shipping_address.to_address(),
+        )
+    )
+    return OrderCreated(order_id=order_id, consistency_token=token)
+
+
+@router.get("/orders/search")
+async def search_orders(
+    runtime: RuntimeDep,
+    q: Annotated[SafeQuery, Query()] = "",
+    status: Annotated[OrderStatus | None, Query()] = None,
+    customer_id: Annotated[UUID | None, Query()] = None,
+    sort_by: Annotated[Literal["created_at", "updated_at", "total_amount"], Query()] = (
+        "created_at"
+    ),
+    sort_order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    page: Page = 1,
+    page_size: PageSize = 20,
+) -> OrderSummaryPage:
+    """Full-text search over customer name, email and product names, with filters."""
+    query = SearchOrders(
+        q=q,
+        status=status,
+        customer_id=customer_id,
+        sort_by=sort_by,
+        sort_order=sort_order,
+        page=page,
+        page_size=page_size,
+    )
+    return await runtime.query_bus.dispatch(query, OrderSummaryPage)
+
+
+@router.get("/orders/statistics")
+async def order_statistics(
+    runtime: RuntimeDep,
+    customer_id: Annotated[UUID | None, Query()] = None,
+    from_date: Annotated[Moment | None, Query()] = None,
+    to_date: Annotated[Moment | None, Query()] = None,
+) -> OrderStatistics:
+    """Totals, average order value, orders by status and top products."""
+    query = GetOrderStatistics(customer_id=customer_id, from_date=from_date, to_date=to_date)
+    return await runtime.query_bus.dispatch(query, OrderStatistics)
+
+
+@router.get("/orders/{order_id}")
+async def get_order(order_id: UUID, runtime: RuntimeDep) -> OrderView:
+    """One order with its items, customer name and email, and address."""
+    return await runtime.query_bus.dispatch(GetOrderById(order_id=order_id), OrderView)
+
+
+@router.post("/orders/{order_id}/items")
+async def add_order_item(
+    order_id: UUID, body: OrderItemRequest, commands: Commands
+) -> OrderChanged:
+    """Add a line to a pending order (409 once shipped or cancelled)."""
+    token = await commands.send(AddOrderItem(order_id=order_id, item=body.to_line()))
+    return OrderChanged(status="item_added", order_id=order_id, consistency_token=token)
+
+
+@router.put("/orders/{order_id}/shipping-address")
+async def update_shipping_address(
+    order_id: UUID, body: AddressRequest, commands: Commands
+) -> OrderChanged:
+    """Change where a pending order ships to."""
+    token = await commands.send(
+        UpdateShippingAddress(order_id=order_id, shipping_address=body.to_address())
+    )
+    return OrderChanged(status="address_updated", order_id=order_id, consistency_token=token)
+
+
+@router.post("/orders/{order_id}/ship")
+async def ship_order(order_id: UUID, commands: Commands) -> OrderChanged:
+    """Ship a pending order."""
+    token = await commands.send(ShipOrder(order_id=order_id))
+    return OrderChanged(status="shipped", order_id=order_id, consistency_token=token)
+
+
+@router.delete("/orders/{order_id}")
+async def cancel_order(
+    order_id: UUID, commands: Commands, reason: Annotated[Reason, Query()] = ""
+) -> OrderChanged:
+    """Cancel an order that has not shipped; its stock goes back."""
+    token = await commands.send(CancelOrder(order_id=order_id, reason=reason))
+    return OrderChanged(status="cancelled", order_id=order_id, consistency_token=token)
+
+
+@router.get("/customers/{customer_id}/orders")
+async def customer_orders(
+    customer_id: UUID,
+    runtime: RuntimeDep,
+    status: Annotated[OrderStatus | None, Query()] = None,
+    page: Page = 1,
+    page_size: PageSize = 20,
+) -> OrderSummaryPage:
+    """A customer's orders, newest first, optionally of one status."""
+    query = GetOrdersByCustomer(
+        customer_id=customer_id, status=status, page=page, page_size=page_size
+    )
+    return await runtime.query_bus.dispatch(query, OrderSummaryPage)
+
+
+@router.get("/customers/{customer_id}/summary")
+async def customer_summary(customer_id: UUID, runtime: RuntimeDep) -> CustomerSummary:
+    """One customer's order figures (404 for an unknown customer)."""
+    return await runtime.query_bus.dispatch(
+        GetCustomerSummary(customer_id=customer_id), CustomerSummary
+    )
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
