@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import pytest
 
 from cqrskit.config import Settings
 from cqrskit.errors import NotFound
+from cqrskit.messages import LOG_START, Command, LogPosition, Query
 from cqrskit.service import Runtime
 from orders.customer import RegisterCustomer
 from orders.order import (
@@ -37,34 +39,71 @@ from orders.queries import (
 from orders.service import service
 from orders.values import Address, OrderLine
 
+R = TypeVar("R")
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 ADDRESS = Address(street="1 Main St", city="Springfield", postal_code="12345", country="US")
 
 
+class App:
+    """A runtime plus the log position of the last command sent through it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.last = LOG_START
+
+    async def send(self, command: Command) -> None:
+        result = await self.runtime.command_bus.dispatch(command)
+        if result.position is not None:
+            self.last = max(self.last, result.position)
+
+    async def settle(self) -> None:
+        """Catch every projection up to the last command sent (bounded, then fail)."""
+        await settle(self.runtime, self.last)
+
+    async def ask(self, query: Query, result: type[R]) -> R:
+        await self.settle()
+        return await self.runtime.query_bus.dispatch(query, result)
+
+
+async def settle(runtime: Runtime, position: LogPosition, timeout: float = 30.0) -> None:
+    """Catch every projection up to ``position``.
+
+    On PostgreSQL the log is read below the cluster-wide xid fence, so one ``catch_up`` can
+    stop short of an event that is committed but not yet readable: keep going until every
+    checkpoint has passed ``position``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for runner in runtime.runners.values():
+        while (checkpoint := await runner.catch_up()) < position:
+            assert loop.time() < deadline, f"{runner.name} stuck at {checkpoint}"
+            await runtime.backend.store.wait_for_events(checkpoint, 0.05)
+
+
 @pytest.fixture
-async def runtime(database_url: str) -> AsyncIterator[Runtime]:
-    rt = await Runtime.open(service, Settings(database_url=database_url))
+async def app(database_url: str) -> AsyncIterator[App]:
+    runtime = await Runtime.open(service, Settings(database_url=database_url))
     try:
-        yield rt
+        yield App(runtime)
     finally:
-        await rt.close()
+        await runtime.close()
 
 
 def at(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-async def customer(rt: Runtime, name: str, email: str) -> UUID:
+async def customer(app: App, name: str, email: str) -> UUID:
     customer_id = uuid4()
-    await rt.command_bus.dispatch(
+    await app.send(
         RegisterCustomer(customer_id=customer_id, name=name, email=email, timestamp=at(0))
     )
     return customer_id
 
 
-async def product(rt: Runtime, name: str, price: str, stock: int = 100_000) -> UUID:
+async def product(app: App, name: str, price: str, stock: int = 100_000) -> UUID:
     product_id = uuid4()
-    await rt.command_bus.dispatch(
+    await app.send(
         AddProduct(
             product_id=product_id,
             name=name,
@@ -80,9 +119,9 @@ def line(product_id: UUID, quantity: int, price: str) -> OrderLine:
     return OrderLine(product_id=product_id, quantity=quantity, unit_price=Decimal(price))
 
 
-async def order(rt: Runtime, customer_id: UUID, lines: list[OrderLine], minutes: int = 1) -> UUID:
+async def order(app: App, customer_id: UUID, lines: list[OrderLine], minutes: int = 1) -> UUID:
     order_id = uuid4()
-    await rt.command_bus.dispatch(
+    await app.send(
         CreateOrder(
             order_id=order_id,
             customer_id=customer_id,
@@ -94,18 +133,13 @@ async def order(rt: Runtime, customer_id: UUID, lines: list[OrderLine], minutes:
     return order_id
 
 
-async def ask(rt: Runtime, query: Any, result: type[Any]) -> Any:
-    await rt.catch_up()
-    return await rt.query_bus.dispatch(query, result)
+async def test_order_view_has_items_customer_name_email_and_address(app: App) -> None:
+    alice = await customer(app, "Alice Liddell", "alice@example.com")
+    pen = await product(app, "Fountain Pen", "19.99")
+    ink = await product(app, "Blue Ink", "0.10")
+    order_id = await order(app, alice, [line(pen, 2, "19.99"), line(ink, 3, "0.10")])
 
-
-async def test_order_view_has_items_customer_name_email_and_address(runtime: Runtime) -> None:
-    alice = await customer(runtime, "Alice Liddell", "alice@example.com")
-    pen = await product(runtime, "Fountain Pen", "19.99")
-    ink = await product(runtime, "Blue Ink", "0.10")
-    order_id = await order(runtime, alice, [line(pen, 2, "19.99"), line(ink, 3, "0.10")])
-
-    view: OrderView = await ask(runtime, GetOrderById(order_id=order_id), OrderView)
+    view: OrderView = await app.ask(GetOrderById(order_id=order_id), OrderView)
 
     assert view.id == order_id
     assert view.customer_id == alice
@@ -125,20 +159,18 @@ async def test_order_view_has_items_customer_name_email_and_address(runtime: Run
     assert view.created_at == view.updated_at == at(1)
 
 
-async def test_order_view_follows_item_address_and_status_changes(runtime: Runtime) -> None:
-    bob = await customer(runtime, "Bob", "bob@example.com")
-    pen = await product(runtime, "Pen", "1.50")
-    order_id = await order(runtime, bob, [line(pen, 1, "1.50")])
-    await runtime.command_bus.dispatch(
-        AddOrderItem(order_id=order_id, item=line(pen, 4, "1.25"), timestamp=at(2))
-    )
+async def test_order_view_follows_item_address_and_status_changes(app: App) -> None:
+    bob = await customer(app, "Bob", "bob@example.com")
+    pen = await product(app, "Pen", "1.50")
+    order_id = await order(app, bob, [line(pen, 1, "1.50")])
+    await app.send(AddOrderItem(order_id=order_id, item=line(pen, 4, "1.25"), timestamp=at(2)))
     moved = Address(street="2 Elm St", city="Shelbyville", postal_code="999", country="US")
-    await runtime.command_bus.dispatch(
+    await app.send(
         UpdateShippingAddress(order_id=order_id, shipping_address=moved, timestamp=at(3))
     )
-    await runtime.command_bus.dispatch(ShipOrder(order_id=order_id, timestamp=at(4)))
+    await app.send(ShipOrder(order_id=order_id, timestamp=at(4)))
 
-    view: OrderView = await ask(runtime, GetOrderById(order_id=order_id), OrderView)
+    view: OrderView = await app.ask(GetOrderById(order_id=order_id), OrderView)
 
     assert view.status is OrderStatus.SHIPPED
     assert view.total_amount == Decimal("6.50")
@@ -151,30 +183,29 @@ async def test_order_view_follows_item_address_and_status_changes(runtime: Runti
     assert (view.created_at, view.updated_at) == (at(1), at(4))
 
 
-async def test_unknown_order_raises_not_found(runtime: Runtime) -> None:
+async def test_unknown_order_raises_not_found(app: App) -> None:
     with pytest.raises(NotFound):
-        await ask(runtime, GetOrderById(order_id=uuid4()), OrderView)
+        await app.ask(GetOrderById(order_id=uuid4()), OrderView)
 
 
 async def test_orders_by_customer_pages_newest_first_with_status_filter(
-    runtime: Runtime,
+    app: App,
 ) -> None:
-    carol = await customer(runtime, "Carol", "carol@example.com")
-    other = await customer(runtime, "Dave", "dave@example.com")
-    pen = await product(runtime, "Pen", "2.00")
-    ids = [await order(runtime, carol, [line(pen, 1, "2.00")], minutes=i) for i in range(1, 8)]
-    await order(runtime, other, [line(pen, 1, "2.00")], minutes=9)
-    await runtime.command_bus.dispatch(CancelOrder(order_id=ids[0], timestamp=at(10)))
-    await runtime.command_bus.dispatch(ShipOrder(order_id=ids[1], timestamp=at(10)))
+    carol = await customer(app, "Carol", "carol@example.com")
+    other = await customer(app, "Dave", "dave@example.com")
+    pen = await product(app, "Pen", "2.00")
+    ids = [await order(app, carol, [line(pen, 1, "2.00")], minutes=i) for i in range(1, 8)]
+    await order(app, other, [line(pen, 1, "2.00")], minutes=9)
+    await app.send(CancelOrder(order_id=ids[0], timestamp=at(10)))
+    await app.send(ShipOrder(order_id=ids[1], timestamp=at(10)))
 
-    first: OrderSummaryPage = await ask(
-        runtime, GetOrdersByCustomer(customer_id=carol, page=1, page_size=3), OrderSummaryPage
+    first: OrderSummaryPage = await app.ask(
+        GetOrdersByCustomer(customer_id=carol, page=1, page_size=3), OrderSummaryPage
     )
-    last: OrderSummaryPage = await ask(
-        runtime, GetOrdersByCustomer(customer_id=carol, page=3, page_size=3), OrderSummaryPage
+    last: OrderSummaryPage = await app.ask(
+        GetOrdersByCustomer(customer_id=carol, page=3, page_size=3), OrderSummaryPage
     )
-    pending: OrderSummaryPage = await ask(
-        runtime,
+    pending: OrderSummaryPage = await app.ask(
         GetOrdersByCustomer(customer_id=carol, status=OrderStatus.PENDING, page_size=10),
         OrderSummaryPage,
     )
@@ -188,19 +219,17 @@ async def test_orders_by_customer_pages_newest_first_with_status_filter(
     assert (pending.total, [o.id for o in pending.items]) == (5, ids[:1:-1])
 
 
-async def test_search_finds_orders_by_product_customer_and_email(runtime: Runtime) -> None:
-    erin = await customer(runtime, "Erin Hannon", "erin@dunder.example")
-    kevin = await customer(runtime, "Kevin Malone", "kevin@chili.example")
-    paper = await product(runtime, "Premium Paper", "5.00")
-    chili = await product(runtime, "Famous Chili", "3.00")
-    erins = await order(runtime, erin, [line(paper, 1, "5.00")])
-    kevins = await order(runtime, kevin, [line(chili, 1, "3.00")], minutes=2)
-    await runtime.command_bus.dispatch(
-        AddOrderItem(order_id=erins, item=line(chili, 1, "3.00"), timestamp=at(3))
-    )
+async def test_search_finds_orders_by_product_customer_and_email(app: App) -> None:
+    erin = await customer(app, "Erin Hannon", "erin@dunder.example")
+    kevin = await customer(app, "Kevin Malone", "kevin@chili.example")
+    paper = await product(app, "Premium Paper", "5.00")
+    chili = await product(app, "Famous Chili", "3.00")
+    erins = await order(app, erin, [line(paper, 1, "5.00")])
+    kevins = await order(app, kevin, [line(chili, 1, "3.00")], minutes=2)
+    await app.send(AddOrderItem(order_id=erins, item=line(chili, 1, "3.00"), timestamp=at(3)))
 
     async def found(q: str, **filters: Any) -> set[UUID]:
-        page: OrderSummaryPage = await ask(runtime, SearchOrders(q=q, **filters), OrderSummaryPage)
+        page: OrderSummaryPage = await app.ask(SearchOrders(q=q, **filters), OrderSummaryPage)
         assert page.total == len(page.items)
         return {o.id for o in page.items}
 
@@ -242,31 +271,31 @@ async def test_search_finds_orders_by_product_customer_and_email(runtime: Runtim
         "ü",
     ],
 )
-async def test_hostile_search_text_never_raises(runtime: Runtime, hostile: str) -> None:
-    dana = await customer(runtime, "Dana", "dana@example.com")
-    chili = await product(runtime, "Chili", "3.00")
-    order_id = await order(runtime, dana, [line(chili, 1, "3.00")])
+async def test_hostile_search_text_never_raises(app: App, hostile: str) -> None:
+    dana = await customer(app, "Dana", "dana@example.com")
+    chili = await product(app, "Chili", "3.00")
+    order_id = await order(app, dana, [line(chili, 1, "3.00")])
 
-    page: OrderSummaryPage = await ask(runtime, SearchOrders(q=hostile), OrderSummaryPage)
+    page: OrderSummaryPage = await app.ask(SearchOrders(q=hostile), OrderSummaryPage)
 
     assert page.total == len(page.items)
     assert {o.id for o in page.items} <= {order_id}
-    still: OrderSummaryPage = await ask(runtime, SearchOrders(q="chili"), OrderSummaryPage)
+    still: OrderSummaryPage = await app.ask(SearchOrders(q="chili"), OrderSummaryPage)
     assert [o.id for o in still.items] == [order_id]
 
 
-async def test_search_sorts_by_allowed_columns_and_pages(runtime: Runtime) -> None:
-    fay = await customer(runtime, "Fay", "fay@example.com")
-    pen = await product(runtime, "Pen", "1.00")
+async def test_search_sorts_by_allowed_columns_and_pages(app: App) -> None:
+    fay = await customer(app, "Fay", "fay@example.com")
+    pen = await product(app, "Pen", "1.00")
     # created in order a, b, c; totals b < c < a; updated last: a (shipped later)
-    a = await order(runtime, fay, [line(pen, 9, "1.00")], minutes=1)
-    b = await order(runtime, fay, [line(pen, 1, "1.00")], minutes=2)
-    c = await order(runtime, fay, [line(pen, 5, "1.00")], minutes=3)
-    await runtime.command_bus.dispatch(ShipOrder(order_id=a, timestamp=at(10)))
+    a = await order(app, fay, [line(pen, 9, "1.00")], minutes=1)
+    b = await order(app, fay, [line(pen, 1, "1.00")], minutes=2)
+    c = await order(app, fay, [line(pen, 5, "1.00")], minutes=3)
+    await app.send(ShipOrder(order_id=a, timestamp=at(10)))
 
     async def ordered(sort_by: str, sort_order: str, q: str = "") -> list[UUID]:
         query = SearchOrders.model_validate({"q": q, "sort_by": sort_by, "sort_order": sort_order})
-        page: OrderSummaryPage = await ask(runtime, query, OrderSummaryPage)
+        page: OrderSummaryPage = await app.ask(query, OrderSummaryPage)
         return [o.id for o in page.items]
 
     for q in ("", "pen"):
@@ -276,28 +305,28 @@ async def test_search_sorts_by_allowed_columns_and_pages(runtime: Runtime) -> No
         assert await ordered("total_amount", "asc", q) == [b, c, a]
         assert await ordered("total_amount", "desc", q) == [a, c, b]
 
-    second: OrderSummaryPage = await ask(
-        runtime, SearchOrders(q="pen", page=2, page_size=2), OrderSummaryPage
+    second: OrderSummaryPage = await app.ask(
+        SearchOrders(q="pen", page=2, page_size=2), OrderSummaryPage
     )
     assert (second.total, [o.id for o in second.items]) == (3, [a])
     with pytest.raises(ValueError, match="sort_by"):
         SearchOrders.model_validate({"sort_by": "customer_id; DROP TABLE x"})
 
 
-async def test_statistics_are_exact_and_exclude_cancelled_revenue(runtime: Runtime) -> None:
-    gus = await customer(runtime, "Gus", "gus@example.com")
-    dime = await product(runtime, "Dime Candy", "0.10")
-    book = await product(runtime, "Book", "19.99")
-    lamp = await product(runtime, "Lamp", "7.00")
+async def test_statistics_are_exact_and_exclude_cancelled_revenue(app: App) -> None:
+    gus = await customer(app, "Gus", "gus@example.com")
+    dime = await product(app, "Dime Candy", "0.10")
+    book = await product(app, "Book", "19.99")
+    lamp = await product(app, "Lamp", "7.00")
     ids = []
     for i in range(30):
         lines = [line(dime, 1, "0.10")] * 7 + [line(book, 1, "19.99")] * 3
-        ids.append(await order(runtime, gus, lines, minutes=i))
-    cancelled = await order(runtime, gus, [line(lamp, 50, "7.00")], minutes=40)
-    await runtime.command_bus.dispatch(CancelOrder(order_id=cancelled, timestamp=at(41)))
-    await runtime.command_bus.dispatch(ShipOrder(order_id=ids[0], timestamp=at(42)))
+        ids.append(await order(app, gus, lines, minutes=i))
+    cancelled = await order(app, gus, [line(lamp, 50, "7.00")], minutes=40)
+    await app.send(CancelOrder(order_id=cancelled, timestamp=at(41)))
+    await app.send(ShipOrder(order_id=ids[0], timestamp=at(42)))
 
-    stats: OrderStatistics = await ask(runtime, GetOrderStatistics(), OrderStatistics)
+    stats: OrderStatistics = await app.ask(GetOrderStatistics(), OrderStatistics)
 
     per_order = Decimal("0.10") * 7 + Decimal("19.99") * 3
     assert stats.total_orders == 31
@@ -310,16 +339,16 @@ async def test_statistics_are_exact_and_exclude_cancelled_revenue(runtime: Runti
     ]
 
 
-async def test_statistics_filter_by_customer_and_inclusive_date_range(runtime: Runtime) -> None:
-    hal = await customer(runtime, "Hal", "hal@example.com")
-    ivy = await customer(runtime, "Ivy", "ivy@example.com")
-    pen = await product(runtime, "Pen", "1.00")
+async def test_statistics_filter_by_customer_and_inclusive_date_range(app: App) -> None:
+    hal = await customer(app, "Hal", "hal@example.com")
+    ivy = await customer(app, "Ivy", "ivy@example.com")
+    pen = await product(app, "Pen", "1.00")
     for minutes in (10, 20, 30, 40):
-        await order(runtime, hal, [line(pen, minutes, "1.00")], minutes=minutes)
-    await order(runtime, ivy, [line(pen, 1, "1.00")], minutes=20)
+        await order(app, hal, [line(pen, minutes, "1.00")], minutes=minutes)
+    await order(app, ivy, [line(pen, 1, "1.00")], minutes=20)
 
     async def stats(**filters: Any) -> OrderStatistics:
-        result: OrderStatistics = await ask(runtime, GetOrderStatistics(**filters), OrderStatistics)
+        result: OrderStatistics = await app.ask(GetOrderStatistics(**filters), OrderStatistics)
         return result
 
     ranged = await stats(customer_id=hal, from_date=at(20), to_date=at(30))
@@ -341,24 +370,20 @@ async def test_statistics_filter_by_customer_and_inclusive_date_range(runtime: R
     assert empty.top_products == []
 
 
-async def test_customer_summary_counts_and_spending(runtime: Runtime) -> None:
-    jo = await customer(runtime, "Jo", "jo@example.com")
-    pen = await product(runtime, "Pen", "0.10")
-    kept = await order(runtime, jo, [line(pen, 3, "0.10")], minutes=5)
-    shipped = await order(runtime, jo, [line(pen, 1, "0.10")], minutes=6)
-    cancelled = await order(runtime, jo, [line(pen, 100, "0.10")], minutes=7)
-    await runtime.command_bus.dispatch(
-        AddOrderItem(order_id=kept, item=line(pen, 2, "0.10"), timestamp=at(8))
-    )
-    await runtime.command_bus.dispatch(ShipOrder(order_id=shipped, timestamp=at(9)))
-    await runtime.command_bus.dispatch(CancelOrder(order_id=cancelled, timestamp=at(9)))
-    newcomer = await customer(runtime, "New", "new@example.com")
+async def test_customer_summary_counts_and_spending(app: App) -> None:
+    jo = await customer(app, "Jo", "jo@example.com")
+    pen = await product(app, "Pen", "0.10")
+    kept = await order(app, jo, [line(pen, 3, "0.10")], minutes=5)
+    shipped = await order(app, jo, [line(pen, 1, "0.10")], minutes=6)
+    cancelled = await order(app, jo, [line(pen, 100, "0.10")], minutes=7)
+    await app.send(AddOrderItem(order_id=kept, item=line(pen, 2, "0.10"), timestamp=at(8)))
+    await app.send(ShipOrder(order_id=shipped, timestamp=at(9)))
+    await app.send(CancelOrder(order_id=cancelled, timestamp=at(9)))
+    newcomer = await customer(app, "New", "new@example.com")
 
-    summary: CustomerSummary = await ask(
-        runtime, GetCustomerSummary(customer_id=jo), CustomerSummary
-    )
-    fresh: CustomerSummary = await ask(
-        runtime, GetCustomerSummary(customer_id=newcomer), CustomerSummary
+    summary: CustomerSummary = await app.ask(GetCustomerSummary(customer_id=jo), CustomerSummary)
+    fresh: CustomerSummary = await app.ask(
+        GetCustomerSummary(customer_id=newcomer), CustomerSummary
     )
 
     assert (summary.name, summary.email, summary.total_orders) == ("Jo", "jo@example.com", 3)
@@ -368,4 +393,4 @@ async def test_customer_summary_counts_and_spending(runtime: Runtime) -> None:
     assert (fresh.total_orders, fresh.total_spent) == (0, Decimal("0.00"))
     assert (fresh.first_order_at, fresh.last_order_at) == (None, None)
     with pytest.raises(NotFound):
-        await ask(runtime, GetCustomerSummary(customer_id=uuid4()), CustomerSummary)
+        await app.ask(GetCustomerSummary(customer_id=uuid4()), CustomerSummary)
