@@ -1,0 +1,250 @@
+"""``cqrskit projections list | status | rebuild``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from cqrskit._cli.common import (
+    DEFAULT_SERVICE,
+    CliError,
+    DatabaseUrl,
+    JsonFlag,
+    ServicePath,
+    load_service,
+    make_settings,
+    open_runtime,
+    out_console,
+    require_database,
+    run,
+    stop_event,
+)
+from cqrskit.messages import LOG_START, utc_now
+from cqrskit.projections.status import ProjectionLag
+from cqrskit.service import Runtime
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Inspect and rebuild projections (the read models).",
+    no_args_is_help=True,
+)
+
+_MIGRATE_HINT = "check --database-url; a new database needs `cqrskit migrate` first"
+
+
+@app.command("list")
+def list_projections(
+    database_url: DatabaseUrl = None,
+    service: ServicePath = DEFAULT_SERVICE,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the service's projections and the event types each one handles."""
+
+    async def body() -> None:
+        make_settings(database_url)
+        projections = load_service(service).projections()
+        if as_json:
+            rows = [
+                {"name": p.name, "version": p.version, "handles": sorted(p.handled_types)}
+                for p in projections
+            ]
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="projections")
+        table.add_column("name", style="bold")
+        table.add_column("version", justify="right")
+        table.add_column("handles")
+        for p in projections:
+            table.add_row(p.name, str(p.version), ", ".join(sorted(p.handled_types)))
+        out_console().print(table)
+
+    run(body)
+
+
+def _lag_json(lag: ProjectionLag) -> dict[str, Any]:
+    return {
+        "name": lag.name,
+        "position": lag.position.token(),
+        "head": lag.head.token(),
+        "lag_events": lag.lag_events,
+        "lag_seconds": round(lag.lag_seconds, 3),
+        "updated_at": lag.updated_at.isoformat() if lag.updated_at else None,
+    }
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = max(0, int((utc_now() - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _lag_table(lags: list[ProjectionLag]) -> Table:
+    table = Table(title="projections")
+    table.add_column("name", style="bold", no_wrap=True)
+    for column in ("position", "head", "lag events", "lag seconds"):
+        table.add_column(column, justify="right")
+    table.add_column("updated")
+    for lag in lags:
+        style = "green" if lag.lag_events == 0 else "yellow"
+        table.add_row(
+            lag.name,
+            lag.position.token(),
+            lag.head.token(),
+            Text(f"{lag.lag_events:,}", style=style),
+            Text(f"{lag.lag_seconds:.1f}", style=style),
+            _age(lag.updated_at),
+        )
+    return table
+
+
+async def _watch(runtime: Runtime, console: Console, every: float, as_json: bool) -> None:
+    stop = stop_event()
+    while True:
+        lags = await runtime.lag()
+        if as_json:
+            typer.echo(json.dumps([_lag_json(lag) for lag in lags]))
+        else:
+            if console.is_terminal:
+                console.clear()
+            console.print(_lag_table(lags))
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+            return
+        except TimeoutError:
+            continue
+
+
+@app.command()
+def status(
+    database_url: DatabaseUrl = None,
+    service: ServicePath = DEFAULT_SERVICE,
+    as_json: JsonFlag = False,
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            "--watch", min=0.1, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C."
+        ),
+    ] = None,
+) -> None:
+    """Show each projection's position, the head of the log and how far behind it is.
+
+    Lag in seconds is the age of the oldest event the projection has not applied yet.
+    """
+
+    async def body() -> None:
+        settings = make_settings(database_url)
+        svc = load_service(service)
+        async with open_runtime(svc, settings, migrate=False) as runtime:
+            if watch is not None:
+                await _watch(runtime, out_console(), watch, as_json)
+                return
+            lags = await runtime.lag()
+            if as_json:
+                typer.echo(json.dumps([_lag_json(lag) for lag in lags], indent=2))
+            else:
+                out_console().print(_lag_table(lags))
+
+    run(body, hint=_MIGRATE_HINT)
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second, as rich measures them over the last seconds."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("- events/s" if speed is None else f"{speed:,.0f} events/s", style="cyan")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        _RateColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=out_console(),
+    )
+
+
+async def _rebuild_one(runtime: Runtime, name: str, batch_size: int) -> None:
+    runner = runtime.runners[name]
+    total = await runtime.backend.store.count_after(LOG_START)
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task(name, total=total)
+
+        def advance(_position: object, applied: int) -> None:
+            progress.update(task, completed=applied)
+
+        await runner.rebuild(batch_size=batch_size, progress=advance)
+        progress.update(task, completed=runner.status.events_applied)
+    elapsed = time.perf_counter() - started
+    applied = runner.status.events_applied
+    rate = applied / elapsed if elapsed > 0 else 0.0
+    out_console().print(
+        f"rebuilt [bold]{name}[/bold]: {applied:,} events in {elapsed:.2f} s"
+        f" ({rate:,.0f} events/s), checkpoint {(runner.status.checkpoint or LOG_START).token()}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def rebuild(
+    name: Annotated[
+        str | None, typer.Argument(help="The projection to rebuild (see `projections list`).")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection.")] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Events per transaction.")
+    ] = 5000,
+    database_url: DatabaseUrl = None,
+    service: ServicePath = DEFAULT_SERVICE,
+) -> None:
+    """Empty a projection's tables and replay the whole event log into them.
+
+    Each batch commits with the projection's checkpoint, so an interrupted rebuild resumes
+    where it stopped the next time the projection runs. Queries see a partly rebuilt read
+    model until it finishes.
+    """
+
+    async def body() -> None:
+        if (name is None) == (not all_):
+            raise CliError("give one projection NAME or --all", 2)
+        settings = make_settings(database_url)
+        svc = load_service(service)
+        known = [p.name for p in svc.projections()]
+        if name is not None and name not in known:
+            raise CliError(f"unknown projection {name!r}; known projections: {', '.join(known)}", 2)
+        require_database(settings)
+        async with open_runtime(svc, settings, migrate=True) as runtime:
+            for each in known if all_ else [name or ""]:
+                await _rebuild_one(runtime, each, batch_size)
+
+    run(body)
