@@ -27,8 +27,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from cqrskit.config import Settings
-from cqrskit.http import create_app
-from cqrskit.messages import LogPosition
+from cqrskit.http import CONSISTENCY_HEADER, create_app
+from cqrskit.messages import LOG_START, LogPosition
 from cqrskit.service import Runtime, Service
 
 __all__ = ["DEADLINE_SECONDS", "Served", "serve"]
@@ -44,6 +44,13 @@ class Served:
     app: FastAPI
     url: str
     client: httpx.AsyncClient
+    last_token: LogPosition = LOG_START
+    """The highest consistency token any response carried."""
+
+    async def _remember_token(self, response: httpx.Response) -> None:
+        token = response.headers.get(CONSISTENCY_HEADER)
+        if token:
+            self.last_token = max(self.last_token, LogPosition.parse(token))
 
     @property
     def runtime(self) -> Runtime:
@@ -53,15 +60,30 @@ class Served:
         return runtime
 
     async def head(self) -> LogPosition:
-        """The position of the last event in the store."""
+        """The position of the last readable event in the store."""
         return await self.runtime.backend.store.head()
 
+    async def visible_head(self, at_least: LogPosition | None = None) -> LogPosition:
+        """The head, once readers can see ``at_least`` (default: the last token seen).
+
+        On PostgreSQL the readable head trails a fresh commit until no older transaction can
+        still be in flight, so a check of "what was stored" first waits for that.
+        """
+        target = self.last_token if at_least is None else at_least
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while (head := await self.head()) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"head {head} never reached {target}")
+            await asyncio.sleep(0.01)
+        return head
+
     async def settle(self) -> None:
-        """Wait (bounded) until every projection has applied every stored event."""
+        """Wait (bounded) until every projection has applied every event written so far."""
+        target = await self.visible_head()
         deadline = time.monotonic() + DEADLINE_SECONDS
         while True:
             lags = await self.runtime.lag()
-            if all(lag.lag_events == 0 for lag in lags):
+            if all(lag.position >= target for lag in lags):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"projections did not catch up: {lags}")
@@ -105,7 +127,9 @@ async def serve(
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=DEADLINE_SECONDS) as client:
-            yield Served(app, url, client)
+            served = Served(app, url, client)
+            client.event_hooks["response"].append(served._remember_token)
+            yield served
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, DEADLINE_SECONDS)
