@@ -28,6 +28,51 @@ from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
 
 __all__ = ["SCHEMA", "PostgresEventStore", "open_postgres_backend"]
 
+# The append runs in one call of this function. It reads every stream's version in its first
+# statement, before the insert assigns the transaction its xid (see docs/ordering.md), and
+# reports a stale expected version as a row instead of raising, so nothing is written and a
+# caller's own transaction stays usable. plpgsql keeps one generic plan per session, so an
+# append is not re-planned on every call. Arguments: per StreamAppend its stream id, expected
+# version and ``base`` (events of the same stream earlier in the call); per event the
+# 1-based index of its StreamAppend, its columns and its 1-based offset in that StreamAppend.
+_APPEND_FUNCTION = """
+CREATE OR REPLACE FUNCTION cqrskit_append(
+    p_streams text[], p_expected int[], p_base int[],
+    p_stream int[], p_ids uuid[], p_types text[], p_schemas int[], p_data text[],
+    p_metadata text[], p_occurred timestamptz[], p_offsets int[])
+RETURNS TABLE (out_event_id uuid, out_position bigint, out_transaction_id bigint,
+               out_version int, out_recorded_at timestamptz, out_stream_id text,
+               out_expected int)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    cur int[];
+BEGIN
+    SELECT array_agg(coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = t.sid), 0)
+                     + p_base[t.i] ORDER BY t.i)
+      INTO cur FROM unnest(p_streams) WITH ORDINALITY AS t(sid, i);
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        IF p_expected[i] <> -1 AND p_expected[i] <> cur[i] THEN
+            RETURN QUERY SELECT NULL::uuid, NULL::bigint, NULL::bigint, cur[i],
+                                NULL::timestamptz, p_streams[i], p_expected[i];
+            RETURN;
+        END IF;
+    END LOOP;
+    RETURN QUERY
+    WITH ins AS (
+        INSERT INTO events AS e (event_id, stream_id, version, event_type, schema_version, data,
+                                 metadata, occurred_at)
+        SELECT v.id, p_streams[v.si], cur[v.si] + v.k, v.t, v.sv, v.d::jsonb, v.m::jsonb, v.o
+        FROM unnest(p_stream, p_ids, p_types, p_schemas, p_data, p_metadata, p_occurred,
+                    p_offsets) WITH ORDINALITY AS v(si, id, t, sv, d, m, o, k, n)
+        ORDER BY v.n
+        RETURNING e.event_id, e.position, e.transaction_id, e.version, e.recorded_at
+    )
+    SELECT ins.event_id, ins.position, ins.transaction_id::text::bigint, ins.version,
+           ins.recorded_at, NULL::text, NULL::int
+    FROM ins;
+END
+$fn$
+"""
 SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS events (
@@ -56,44 +101,18 @@ SCHEMA = (
         updated_at timestamptz
     )
     """,
+    _APPEND_FUNCTION,
 )
 
 _FENCE = "pg_snapshot_xmin(pg_current_snapshot())"
 _AFTER = "(transaction_id, position) > ($1::text::xid8, $2::bigint)"
 
-# $1-$3 describe each StreamAppend (``base``: events of the same stream earlier in the call);
-# $4-$10 each event, with the 1-based index of its StreamAppend. Versions are read in the
-# statement's snapshot, before the first insert assigns the transaction its xid.
-_APPEND = """
-WITH s AS (
-    SELECT t.i, t.stream_id, t.expected, t.base,
-           coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = t.stream_id), 0)
-               AS current
-    FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY AS t(stream_id, expected, base, i)
-), bad AS (
-    SELECT stream_id, expected, current + base AS current
-    FROM s WHERE expected <> -1 AND expected <> current + base
-), ins AS (
-    INSERT INTO events
-        (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
-    SELECT v.event_id, s.stream_id,
-           s.current + s.base + row_number() OVER (PARTITION BY v.si ORDER BY v.n),
-           v.event_type, v.schema_version, v.data::jsonb, v.metadata::jsonb, v.occurred_at
-    FROM unnest($4::int[], $5::uuid[], $6::text[], $7::int[], $8::text[], $9::text[],
-                $10::timestamptz[])
-         WITH ORDINALITY AS v(si, event_id, event_type, schema_version, data, metadata,
-                              occurred_at, n)
-    JOIN s ON s.i = v.si
-    WHERE NOT EXISTS (SELECT 1 FROM bad)
-    ORDER BY v.n
-    RETURNING event_id, position, transaction_id, version, recorded_at
+_APPEND = (
+    "SELECT out_event_id AS event_id, out_position AS position,"
+    " out_transaction_id AS transaction_id, out_version AS version,"
+    " out_recorded_at AS recorded_at, out_stream_id AS stream_id, out_expected AS expected"
+    " FROM cqrskit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
-SELECT event_id, position, transaction_id::text::bigint AS transaction_id, version,
-       recorded_at, NULL::text AS stream_id, NULL::int AS expected
-FROM ins
-UNION ALL
-SELECT NULL, NULL, NULL, current, NULL, stream_id, expected FROM bad
-"""
 _COLUMNS = (
     "transaction_id::text::bigint AS transaction_id, position, event_id, stream_id, version,"
     " event_type, schema_version, data::text AS data, metadata::text AS metadata, occurred_at,"
@@ -290,7 +309,7 @@ class _Arrays:
 
     def __init__(self) -> None:
         self.streams: tuple[list[str], list[int], list[int]] = ([], [], [])
-        self.columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        self.columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
         self.events: list[tuple[str, DomainEvent]] = []
 
     @classmethod
@@ -303,7 +322,7 @@ class _Arrays:
             expected.append(expected_version)
             bases.append(queued.get(stream_id, 0))
             queued[stream_id] = bases[-1] + len(events)
-            for event in events:
+            for offset, event in enumerate(events, start=1):
                 if event.event_id == NIL_UUID:
                     event = event.model_copy(update={"event_id": uuid4()})
                 s = serialize(event)
@@ -315,6 +334,7 @@ class _Arrays:
                     s.data,
                     s.metadata,
                     s.occurred_at,
+                    offset,
                 )
                 for column, value in zip(arrays.columns, row, strict=True):
                     column.append(value)
