@@ -23,10 +23,10 @@ from orders.queries import (
     SearchOrders,
 )
 from orders.read_models.customer_orders import CustomerOrdersProjection, orders_by_customer
-from orders.read_models.customer_summary import CustomerSummaryProjection, customer_summary
+from orders.read_models.customer_summary import CustomerSummaryProjection, summary_of_customer
 from orders.read_models.order_detail import OrderDetailProjection, order_by_id
 from orders.read_models.order_search import OrderSearchProjection, search_orders
-from orders.read_models.order_statistics import OrderStatisticsProjection, order_statistics
+from orders.read_models.order_statistics import OrderStatisticsProjection, statistics_of_orders
 
 __all__ = ["projections", "register_query_handlers"]
 
@@ -47,8 +47,8 @@ def register_query_handlers(query_bus: QueryBus, read_models: ReadModelStore) ->
     query_bus.register(GetOrderById, order_by_id(read_models))
     query_bus.register(GetOrdersByCustomer, orders_by_customer(read_models))
     query_bus.register(SearchOrders, search_orders(read_models))
-    query_bus.register(GetOrderStatistics, order_statistics(read_models))
-    query_bus.register(GetCustomerSummary, customer_summary(read_models))
+    query_bus.register(GetOrderStatistics, statistics_of_orders(read_models))
+    query_bus.register(GetCustomerSummary, summary_of_customer(read_models))
 
 
 def __dir__() -> list[str]:

@@ -28,7 +28,7 @@ from orders.read_models._common import (
     timestamp,
 )
 
-__all__ = ["CustomerSummaryProjection", "customer_summary"]
+__all__ = ["CustomerSummaryProjection", "summary_of_customer"]
 
 _SCHEMA = (
     sql(
@@ -136,7 +136,7 @@ class CustomerSummaryProjection(Projection):
         yield SET_STATUS(event.order_id, PENDING, CANCELLED)
 
 
-def customer_summary(
+def summary_of_customer(
     read_models: ReadModelStore,
 ) -> Callable[[GetCustomerSummary], Awaitable[CustomerSummary]]:
     """Return the handler of :class:`GetCustomerSummary` (``NotFound`` for an unknown id)."""

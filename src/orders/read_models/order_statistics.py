@@ -27,7 +27,7 @@ from orders.read_models._common import (
 )
 from orders.values import OrderLine
 
-__all__ = ["TOP_PRODUCTS", "OrderStatisticsProjection", "order_statistics"]
+__all__ = ["TOP_PRODUCTS", "OrderStatisticsProjection", "statistics_of_orders"]
 
 TOP_PRODUCTS = 5
 
@@ -158,7 +158,7 @@ class OrderStatisticsProjection(Projection):
         yield SET_LINES_STATUS(event.order_id, CANCELLED)
 
 
-def order_statistics(
+def statistics_of_orders(
     read_models: ReadModelStore,
 ) -> Callable[[GetOrderStatistics], Awaitable[OrderStatistics]]:
     """Return the handler of :class:`GetOrderStatistics` (date bounds are inclusive)."""
