@@ -141,6 +141,8 @@ _PROBE = (
 # global notification lock through the commit's WAL flush and serialize every writer.
 _ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
 
+_FENCE_NOW = f"SELECT {_FENCE}::text::bigint"
+_OWN_WRITES_WAIT = 0.5
 _REPOLL_MIN = 0.005
 _REPOLL_MAX = 0.02
 _FALLBACK_POLL = 0.2
@@ -174,6 +176,8 @@ class PostgresEventStore:
         self._announce = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
         self._closed = False
+        self._own_tx = 0  # greatest xid of this store's own committed appends
+        self._settled_tx = 0  # greatest of those known to lie below the fence
 
     async def start(self) -> None:
         """Start listening for appends made by other connections and processes."""
@@ -201,6 +205,7 @@ class PostgresEventStore:
                 if not retry or attempt == _ANY_VERSION_RETRIES - 1:
                     raise
         if result.events:
+            self._own_tx = max(self._own_tx, result.position.transaction_id)
             self.announce()
         return result
 
@@ -255,15 +260,38 @@ class PostgresEventStore:
         row = await self.db.fetchrow(_STREAM_VERSION, stream_id)
         return 0 if row is None else int(row[0])
 
+    async def _own_writes_readable(self) -> None:
+        # Read-your-writes for this store's own appends: a transaction that is older than the
+        # last append and still in flight (anywhere in the cluster) holds the fence back for
+        # a moment. Wait for it, briefly and only when there is something of ours to see.
+        if self._own_tx <= self._settled_tx:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _OWN_WRITES_WAIT
+        delay = _REPOLL_MIN
+        while True:
+            row = await self.db.fetchrow(_FENCE_NOW)
+            target = self._own_tx
+            if row is not None and int(row[0]) > target:
+                self._settled_tx = max(self._settled_tx, target)
+                return
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _REPOLL_MAX)
+
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        await self._own_writes_readable()
         rows = await self.db.fetch(_READ_ALL, str(after.transaction_id), after.position, limit)
         return [_record(row) for row in rows]
 
     async def head(self) -> LogPosition:
+        await self._own_writes_readable()
         row = await self.db.fetchrow(_HEAD)
         return LOG_START if row is None else LogPosition(row[0], row[1])
 
     async def count_after(self, after: LogPosition) -> int:
+        await self._own_writes_readable()
         row = await self.db.fetchrow(_COUNT_AFTER, str(after.transaction_id), after.position)
         return 0 if row is None else int(row[0])
 
