@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from bench.harness import Bench, interleave
 from bench.report import ScenarioResult, Series
 from bench.scenarios._rows import PG_INSERT, SQLITE_INSERT, pg_event_rows, sqlite_event_rows
-from bench.stats import Target
+from bench.stats import Summary, Target
 from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus
 from cqrskit.middleware import log_messages, retry_on_conflict
@@ -182,6 +182,7 @@ def command_pg_concurrent(bench: Bench) -> ScenarioResult:
     """Scenario 2."""
     n = bench.sizes.cmd_conc
     runs = interleave(bench.sizes.reps, _pg_variants(bench, n, CONCURRENCY, with_es=False))
+    bench.facts["ours_concurrent_commands_per_s"] = float(Summary.of(runs["ours"]["rate"]).median)
     return _result(
         "2",
         f"same, {CONCURRENCY} concurrent, PostgreSQL",
@@ -249,3 +250,10 @@ def command_sqlite_sequential(bench: Bench) -> ScenarioResult:
         [Target(">=", 0.5, RAW_SQLITE), Target(">=", 2, ES)],
         commands_per_rep=n,
     )
+
+
+def probe_concurrent_rate(bench: Bench) -> float:
+    """Measure our 32-way concurrent command rate once (for scenario 6 when 2 did not run)."""
+    rate = _pg_variants(bench, bench.sizes.cmd_conc, CONCURRENCY, with_es=False)["ours"]()["rate"]
+    bench.facts["ours_concurrent_commands_per_s"] = rate
+    return rate

@@ -1,8 +1,216 @@
-"""Scenario 7 (placeholder while it is written)."""
+"""Scenario 7: HTTP, uvicorn with 1 worker (uvloop + httptools), 32 keep-alive connections.
 
-from bench.harness import Bench
-from bench.report import ScenarioResult
+Ours: the orders service (:func:`bench.http_apps.ours`) with its projections running in the
+same process. Reference: the bare FastAPI + asyncpg app (:func:`bench.http_apps.bare`), same
+uvicorn settings, same database, same request bodies. The load comes from
+:mod:`bench.loadgen` in a separate process. After each of our ``POST`` runs the harness
+waits until our projections have caught up, so their work does not spill into the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Bench, interleave
+from bench.report import ScenarioResult, Series
+from bench.stats import Target
+
+__all__ = ["http_scenarios"]
+
+BARE = "bare FastAPI + asyncpg"
+CONNECTIONS = 32
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = {"ours": 8791, "bare": 8792}
+UVICORN = ["--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+           "--log-level", "warning"]  # fmt: skip
+ADDRESS = {"street": "1 Bench Street", "city": "Testville", "postal_code": "12345", "country": "NL"}
+
+
+def _call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def _start(app: str, url: str) -> subprocess.Popen[bytes]:
+    port = PORTS[app]
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"bench.http_apps:{app}",
+               "--host", "127.0.0.1", "--port", str(port), *UVICORN]  # fmt: skip
+    env = {**os.environ, "BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn ({app}) exited with {process.returncode}")
+        try:
+            _call(port, "GET", "/api/v1/orders/00000000-0000-0000-0000-000000000000")
+            return process
+        except OSError:
+            time.sleep(0.2)
+    _stop(process)
+    raise RuntimeError(f"uvicorn ({app}) did not come up")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_projections(port: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, body = _call(port, "GET", "/health/projections")
+        if status == 200 and all(p["lag_events"] == 0 for p in body["projections"]):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("our projections did not catch up")
+
+
+def _order_bodies(customers: list[str], products: list[str], n: int) -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    return [
+        {
+            "customer_id": rng.choice(customers),
+            "items": [
+                {"product_id": p, "quantity": 1, "unit_price": "9.99"}
+                for p in rng.sample(products, 2)
+            ],
+            "shipping_address": ADDRESS,
+        }
+        for _ in range(n)
+    ]
+
+
+def _seed(customers: int = 20, products: int = 200, orders: int = 200) -> dict[str, Any]:
+    port = PORTS["ours"]
+    customer_ids = []
+    for i in range(customers):
+        status, body = _call(port, "POST", "/api/v1/customers",
+                             {"name": f"Customer {i}", "email": f"c{i}@example.com"})  # fmt: skip
+        assert status == 201, (status, body)
+        customer_ids.append(body["customer_id"])
+    product_ids = []
+    for i in range(products):
+        product = {"name": f"Product {i}", "unit_price": "9.99", "stock": 1_000_000}
+        status, body = _call(port, "POST", "/api/v1/products", product)
+        assert status == 201, (status, body)
+        product_ids.append(body["product_id"])
+    bodies = _order_bodies(customer_ids, product_ids, 2000)
+    ids: dict[str, list[str]] = {"ours": [], "bare": []}
+    for app in ids:
+        for body in bodies[:orders]:
+            status, answer = _call(PORTS[app], "POST", "/api/v1/orders", body)
+            assert status == 201, (app, status, answer)
+            ids[app].append(answer["order_id"])
+    _wait_projections(port)
+    status, _ = _call(port, "GET", f"/api/v1/orders/{ids['ours'][-1]}")
+    assert status == 200, status
+    return {"bodies": bodies, "ids": ids}
+
+
+def _load(
+    bench: Bench, app: str, requests: list[dict[str, Any]], seconds: float
+) -> dict[str, float]:
+    spec = {"host": "127.0.0.1", "port": PORTS[app], "connections": CONNECTIONS,
+            "seconds": seconds, "requests": requests}  # fmt: skip
+    bench.tmp_dir.mkdir(parents=True, exist_ok=True)
+    path = bench.tmp_dir / f"loadgen-{app}.json"
+    path.write_text(json.dumps(spec))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", str(path)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 120,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout)
+    if result["errors"] or result["non_2xx"]:
+        print(f"    {app}: {result['errors']} errors, {result['non_2xx']} non-2xx", flush=True)
+    return result
 
 
 def http_scenarios(bench: Bench) -> list[ScenarioResult]:
-    return []
+    """Scenario 7: POST and GET rows, plus the cached GET (not yet built)."""
+    assert bench.postgres_url is not None
+    bench.run(bench.reset_postgres())
+    servers = {app: _start(app, bench.postgres_url) for app in ("ours", "bare")}
+    results: list[ScenarioResult] = []
+    try:
+        seeded = _seed()
+        posts = [{"method": "POST", "path": "/api/v1/orders", "body": b} for b in seeded["bodies"]]
+        seconds, warmup = bench.sizes.http_seconds, bench.sizes.http_warmup
+        for endpoint, target in (("POST /api/v1/orders", 0.5), ("GET /api/v1/orders/{id}", 0.8)):
+            method = endpoint.split()[0]
+
+            def requests(app: str, method: str = method) -> list[dict[str, Any]]:
+                if method == "POST":
+                    return posts
+                return [
+                    {"method": "GET", "path": f"/api/v1/orders/{i}"} for i in seeded["ids"][app]
+                ]
+
+            def run(app: str, method: str = method) -> dict[str, float]:
+                result = _load(bench, app, requests(app), seconds)
+                if app == "ours" and method == "POST":
+                    _wait_projections(PORTS["ours"])
+                return {"rps": result["rps"], "p50": result["p50_ms"], "p99": result["p99_ms"],
+                        "errors": result["errors"] + result["non_2xx"]}  # fmt: skip
+
+            for app in ("ours", "bare"):
+                _load(bench, app, requests(app), warmup)
+                if app == "ours" and method == "POST":
+                    _wait_projections(PORTS["ours"])
+            runs = interleave(
+                bench.sizes.reps, {"ours": lambda: run("ours"), BARE: lambda: run("bare")}
+            )
+            params = {"connections": CONNECTIONS, "seconds_per_run": seconds,
+                      "server": "uvicorn 1 worker, uvloop, httptools", "pool_size": 10,
+                      "load_generator": "bench.loadgen (Python, raw sockets, uvloop, own process)",
+                      "errors": {k: sum(v["errors"]) for k, v in runs.items()}}  # fmt: skip
+            results.append(
+                ScenarioResult(
+                    id=f"7 {method}", name=f"HTTP {endpoint}, 32 connections, throughput",
+                    unit="req/s", ours=Series("ours", runs["ours"]["rps"]),
+                    references=[Series(BARE, runs[BARE]["rps"])],
+                    targets=[Target(">=", target, BARE)], params=params,
+                )
+            )  # fmt: skip
+            for metric in ("p50", "p99"):
+                results.append(
+                    ScenarioResult(
+                        id=f"7 {method} {metric}", name=f"HTTP {endpoint}, latency {metric}",
+                        unit="ms", higher_is_better=False,
+                        ours=Series("ours", runs["ours"][metric]),
+                        references=[Series(BARE, runs[BARE][metric])], params=params,
+                    )
+                )  # fmt: skip
+    finally:
+        for process in servers.values():
+            _stop(process)
+    results.append(
+        ScenarioResult(
+            id="7 cached GET", name="HTTP GET /api/v1/orders/{id} with Redis cache",
+            unit="req/s", status="not yet built", targets=[Target(">=", 1.0, BARE)],
+            note="the Redis query cache does not exist yet",
+        )
+    )  # fmt: skip
+    return results
