@@ -221,6 +221,10 @@ class PostgresEventStore:
                 rows = await conn.fetch(_APPEND, *arrays.params())
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(exc, streams) from None
+            except asyncpg.DeadlockDetectedError:
+                # Only with a caller's own earlier writes in the transaction: appends alone
+                # take their locks in one order. Nothing of this append was stored.
+                raise ConcurrencyError(streams[0].stream_id, streams[0].expected_version) from None
         placed: dict[UUID, asyncpg.Record] = {}
         for row in rows:
             if row["position"] is None:
@@ -345,6 +349,7 @@ class _Arrays:
         arrays = cls()
         queued: dict[str, int] = {}
         ids, expected, bases = arrays.streams
+        rows: list[tuple[str, DomainEvent, tuple[Any, ...]]] = []
         for index, (stream_id, expected_version, events) in enumerate(streams, start=1):
             ids.append(stream_id)
             expected.append(expected_version)
@@ -364,9 +369,14 @@ class _Arrays:
                     s.occurred_at,
                     offset,
                 )
-                for column, value in zip(arrays.columns, row, strict=True):
-                    column.append(value)
-                arrays.events.append((stream_id, event))
+                rows.append((stream_id, event, row))
+        # Every appender inserts streams in the same order, so two transactions appending to
+        # the same streams wait on each other's index entries in one order, never deadlock.
+        rows.sort(key=lambda r: r[0])
+        for stream_id, event, row in rows:
+            for column, value in zip(arrays.columns, row, strict=True):
+                column.append(value)
+            arrays.events.append((stream_id, event))
         return arrays
 
     def params(self) -> tuple[list[Any], ...]:
