@@ -90,14 +90,11 @@ def serve(
     """
     with reported():
         level = _log_level(log_level)
-        settings = make_settings(
-            database_url,
-            host=host,
-            port=port,
-            migrate=not no_migrate,
-            run_projections=not no_projections,
-            log_level=level,
-        )
+        # Flags only switch things off, so CQRSKIT_MIGRATE=false and the like still apply.
+        switches = {"migrate": False} if no_migrate else {}
+        if no_projections:
+            switches["run_projections"] = False
+        settings = make_settings(database_url, host=host, port=port, log_level=level, **switches)
         svc = load_service(service)
         run(lambda: _preflight(settings))
         try:
