@@ -6,6 +6,11 @@ where no transaction can still be in flight (docs/ordering.md explains why this 
 an event). An append is one statement: it reads each stream's version, checks the expected
 versions and inserts every event before the transaction has written anything, so a racing
 appender waits on the unique ``(stream_id, version)`` index and then fails.
+
+Appends are announced after commit with ``NOTIFY`` (never inside the append: PostgreSQL
+serializes notifying commits); readers wake on the listener and re-poll while committed
+events are still behind the fence. ``read_all``, ``head`` and ``count_after`` wait briefly
+until this store's own appends are readable, so a process reads its own writes.
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ _PROBE = (
 _ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
 
 _FENCE_NOW = f"SELECT {_FENCE}::text::bigint"
-_OWN_WRITES_WAIT = 0.5
+_OWN_WRITES_WAIT = 2.0
 _REPOLL_MIN = 0.005
 _REPOLL_MAX = 0.02
 _FALLBACK_POLL = 0.2
@@ -285,8 +290,12 @@ class PostgresEventStore:
             delay = min(delay * 2, _REPOLL_MAX)
 
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
-        await self._own_writes_readable()
-        rows = await self.db.fetch(_READ_ALL, str(after.transaction_id), after.position, limit)
+        params = (str(after.transaction_id), after.position, limit)
+        rows = await self.db.fetch(_READ_ALL, *params)
+        if len(rows) < limit and self._own_tx > self._settled_tx:
+            # A short page while our own append may still be behind the fence: wait for it.
+            await self._own_writes_readable()
+            rows = await self.db.fetch(_READ_ALL, *params)
         return [_record(row) for row in rows]
 
     async def head(self) -> LogPosition:
