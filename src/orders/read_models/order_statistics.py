@@ -8,10 +8,11 @@ creation time, so that top products are one indexed ``GROUP BY`` without a join.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from itertools import product
 from uuid import UUID
 
 from cqrskit.projections.projection import Projection, on
-from cqrskit.read_models.protocol import ReadModelStore, Statement, sql
+from cqrskit.read_models.protocol import ReadModelStore, Sql, Statement, sql
 from orders.order import OrderCancelled, OrderCreated, OrderItemAdded, OrderShipped
 from orders.product import ProductAdded
 from orders.queries import GetOrderStatistics, OrderStatistics, TopProduct
@@ -94,24 +95,39 @@ ADD_TO_TOTAL = sql(
 SET_STATUS = sql("UPDATE order_statistics_orders SET status = $2 WHERE order_id = $1")
 SET_LINES_STATUS = sql("UPDATE order_statistics_lines SET status = $2 WHERE order_id = $1")
 
-# $1 customer, $2 from, $3 to (inclusive); NULL means no bound.
-_FILTERS = (
-    " (CAST($1 AS TEXT) IS NULL OR customer_id = $1)"
-    " AND (CAST($2 AS TEXT) IS NULL OR created_at >= $2)"
-    " AND (CAST($3 AS TEXT) IS NULL OR created_at <= $3)"
-)
-_BY_STATUS = sql(
-    "SELECT status, COUNT(*) AS orders, SUM(total_cents) AS revenue"  # noqa: S608 - constant text
-    f" FROM order_statistics_orders WHERE{_FILTERS} GROUP BY status"
-)
-_TOP = sql(
-    "SELECT t.product_id, COALESCE(p.name, '') AS product_name, t.quantity, t.revenue"  # noqa: S608 - constant text
-    " FROM (SELECT product_id, SUM(quantity) AS quantity, SUM(revenue_cents) AS revenue"
-    f" FROM order_statistics_lines WHERE status <> $4 AND{_FILTERS}"
-    " GROUP BY product_id ORDER BY SUM(quantity) DESC, product_id LIMIT $5) t"
-    " LEFT JOIN order_statistics_products p ON p.product_id = t.product_id"
-    " ORDER BY t.quantity DESC, t.product_id"
-)
+# Only the filters a query names appear in its SQL, so each can use its index; the texts are
+# built once from these constants, for every combination of (customer, from, to).
+_CONDITIONS = ("customer_id = ${}", "created_at >= ${}", "created_at <= ${}")
+_Present = tuple[bool, bool, bool]
+
+
+def _where(present: _Present, first: int) -> str:
+    used = [c for c, on in zip(_CONDITIONS, present, strict=True) if on]
+    return "".join(f" AND {c.format(n)}" for n, c in enumerate(used, start=first))
+
+
+def _by_status(present: _Present) -> Sql:
+    return sql(
+        "SELECT status, COUNT(*) AS orders, SUM(total_cents) AS revenue"  # noqa: S608 - constant text
+        f" FROM order_statistics_orders WHERE 1 = 1{_where(present, 1)} GROUP BY status"
+    )
+
+
+def _top(present: _Present) -> Sql:
+    # $1 the excluded status, then the filters, then the limit.
+    return sql(
+        "SELECT t.product_id, COALESCE(p.name, '') AS product_name, t.quantity, t.revenue"  # noqa: S608 - constant text
+        " FROM (SELECT product_id, SUM(quantity) AS quantity, SUM(revenue_cents) AS revenue"
+        f" FROM order_statistics_lines WHERE status <> $1{_where(present, 2)}"
+        f" GROUP BY product_id ORDER BY SUM(quantity) DESC, product_id LIMIT ${2 + sum(present)})"
+        " t LEFT JOIN order_statistics_products p ON p.product_id = t.product_id"
+        " ORDER BY t.quantity DESC, t.product_id"
+    )
+
+
+_COMBINATIONS: list[_Present] = [(c, f, t) for c, f, t in product((False, True), repeat=3)]
+_BY_STATUS = {present: _by_status(present) for present in _COMBINATIONS}
+_TOP = {present: _top(present) for present in _COMBINATIONS}
 
 
 def _line_rows(order_id: str, lines: list[OrderLine]) -> Iterator[Statement]:
@@ -164,18 +180,20 @@ def statistics_of_orders(
     """Return the handler of :class:`GetOrderStatistics` (date bounds are inclusive)."""
 
     async def handle(query: GetOrderStatistics) -> OrderStatistics:
-        filters = (
+        given = (
             None if query.customer_id is None else str(query.customer_id),
             None if query.from_date is None else timestamp(query.from_date),
             None if query.to_date is None else timestamp(query.to_date),
         )
+        present = (given[0] is not None, given[1] is not None, given[2] is not None)
+        filters = [value for value in given if value is not None]
         by_status = dict.fromkeys(STATUSES, 0)
         revenue = 0
-        for row in await read_models.fetch(_BY_STATUS, *filters):
+        for row in await read_models.fetch(_BY_STATUS[present], *filters):
             by_status[row["status"]] = int(row["orders"])
             if row["status"] != CANCELLED:
                 revenue += int(row["revenue"] or 0)
-        top = await read_models.fetch(_TOP, *filters, CANCELLED, TOP_PRODUCTS)
+        top = await read_models.fetch(_TOP[present], CANCELLED, *filters, TOP_PRODUCTS)
         paid = sum(count for status, count in by_status.items() if status != CANCELLED)
         return OrderStatistics(
             total_orders=sum(by_status.values()),
