@@ -322,6 +322,16 @@ def spawn(processes: list[subprocess.Popen[str]], *args: str, cwd: Path) -> subp
     return process
 
 
+def spawn_worker(
+    processes: list[subprocess.Popen[str]], url: str, cwd: Path
+) -> subprocess.Popen[str]:
+    """Start ``cqrskit worker`` and wait until it says it is following the log."""
+    worker = spawn(processes, "worker", "--database-url", url, cwd=cwd)
+    assert worker.stdout is not None
+    assert "projections following" in worker.stdout.readline(), worker.communicate()
+    return worker
+
+
 def stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, str]:
     process.send_signal(sig)
     out, err = process.communicate(timeout=DEADLINE)
@@ -359,7 +369,7 @@ def test_worker_catches_up_and_stops_on_sigterm(
 ) -> None:
     ok("demo-data", "--orders", "20", "--no-catch-up", "--database-url", sqlite_url)
     assert all(row["lag_events"] > 0 for row in status(sqlite_url))
-    worker = spawn(processes, "worker", "--database-url", sqlite_url, cwd=tmp_path)
+    worker = spawn_worker(processes, sqlite_url, tmp_path)
     deadline = time.monotonic() + DEADLINE
     while not all(row["lag_events"] == 0 for row in status(sqlite_url)):
         assert worker.poll() is None, worker.communicate()
@@ -396,3 +406,28 @@ def test_status_watch_refreshes_until_interrupted(
     _, err = stop(watcher, signal.SIGINT)
     assert watcher.returncode == 0, err
     assert "Traceback" not in err
+
+
+def wait_for_no_lag(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not all(row["lag_events"] == 0 for row in status(url)):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "projections did not catch up"
+        time.sleep(0.1)
+
+
+def test_rebuild_and_demo_data_beside_a_running_worker(
+    database_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    ok("demo-data", "--orders", "30", "--database-url", database_url)
+    worker = spawn_worker(processes, database_url, tmp_path)
+    wait_for_no_lag(database_url, worker)
+    # Both commands write the same projections the worker is following.
+    ok("demo-data", "--orders", "30", "--database-url", database_url)
+    ok("projections", "rebuild", "--all", "--batch-size", "50", "--database-url", database_url)
+    wait_for_no_lag(database_url, worker)
+    beside = read_model_rows(database_url)
+    stop(worker, signal.SIGTERM)
+    assert worker.returncode == 0
+    ok("projections", "rebuild", "order_detail", "--database-url", database_url)
+    assert read_model_rows(database_url) == beside

@@ -26,7 +26,9 @@ from rich.text import Text
 
 from cqrskit._sqlite import sqlite_path_from_url
 from cqrskit.config import Settings
-from cqrskit.errors import CqrskitError, OperationalError
+from cqrskit.errors import CqrskitError, OperationalError, ProjectionError
+from cqrskit.messages import LogPosition
+from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.service import Runtime, Service
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "DatabaseUrl",
     "JsonFlag",
     "ServicePath",
+    "catch_up_alongside",
     "err_console",
     "fail",
     "load_service",
@@ -197,6 +200,30 @@ async def open_runtime(
         yield runtime
     finally:
         await runtime.close()
+
+
+async def catch_up_alongside(
+    runner: ProjectionRunner,
+    *,
+    limit: int | None = None,
+    progress: Callable[[LogPosition, int], None] | None = None,
+    attempts: int = 50,
+) -> None:
+    """Drain the log into one projection while other processes may be running it too.
+
+    When a runner elsewhere (a live ``serve`` or ``worker``) commits first, our batch is
+    discarded (nothing written) and we continue from the checkpoint it left. A failure with
+    the checkpoint unchanged is a real one (a failing handler) and propagates.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await runner.catch_up(limit=limit, progress=progress)
+            return
+        except ProjectionError:
+            stored = await runner.read_models.checkpoint(runner.name)
+            if stored == runner.status.checkpoint or attempt == attempts:
+                raise
+            await asyncio.sleep(0.01 * attempt)
 
 
 def stop_event() -> asyncio.Event:

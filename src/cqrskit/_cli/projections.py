@@ -29,6 +29,7 @@ from cqrskit._cli.common import (
     DatabaseUrl,
     JsonFlag,
     ServicePath,
+    catch_up_alongside,
     load_service,
     make_settings,
     open_runtime,
@@ -37,6 +38,7 @@ from cqrskit._cli.common import (
     run,
     stop_event,
 )
+from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, utc_now
 from cqrskit.projections.status import ProjectionLag
 from cqrskit.service import Runtime
@@ -105,7 +107,7 @@ def _lag_table(lags: list[ProjectionLag]) -> Table:
     table = Table(title="projections")
     table.add_column("name", style="bold", no_wrap=True)
     for column in ("position", "head", "lag events", "lag seconds"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     table.add_column("updated")
     for lag in lags:
         style = "green" if lag.lag_events == 0 else "yellow"
@@ -202,7 +204,11 @@ async def _rebuild_one(runtime: Runtime, name: str, batch_size: int) -> None:
         def advance(_position: object, applied: int) -> None:
             progress.update(task, completed=applied)
 
-        await runner.rebuild(batch_size=batch_size, progress=advance)
+        try:
+            await runner.rebuild(batch_size=batch_size, progress=advance)
+        except ProjectionError:
+            # A live runner elsewhere took some batches; carry on from where it left off.
+            await catch_up_alongside(runner, limit=batch_size, progress=advance)
         progress.update(task, completed=runner.status.events_applied)
     elapsed = time.perf_counter() - started
     applied = runner.status.events_applied

@@ -15,6 +15,7 @@ from cqrskit._cli.common import (
     CliError,
     DatabaseUrl,
     ServicePath,
+    catch_up_alongside,
     load_service,
     make_settings,
     open_runtime,
@@ -134,8 +135,9 @@ def worker(
         settings = make_settings(database_url, log_level=level)
         svc = load_service(service)
         _configure_logging(level)
+        # Listen for signals before connecting: a SIGTERM during start-up still stops cleanly.
+        stop = stop_event()
         async with open_runtime(svc, settings, migrate=settings.migrate) as runtime:
-            stop = stop_event()
             runtime.start_projections()
             out_console().print(
                 f"worker: {len(runtime.runners)} projections following"
@@ -178,6 +180,15 @@ async def _tally(runtime: Runtime, after: LogPosition) -> collections.Counter[st
     return counts
 
 
+def _catch_up_note(pending: int | None) -> str:
+    if pending is None:
+        return ""
+    if pending == 0:
+        return "; projections are up to date"
+    # On PostgreSQL, events of still-open transactions elsewhere are not readable yet.
+    return f"; up to {pending:,} events are not yet applied (a worker or serve will apply them)"
+
+
 def demo_data(
     orders: Annotated[
         int, typer.Option("--orders", min=0, max=1_000_000, help="How many orders to create.")
@@ -206,8 +217,11 @@ def demo_data(
             commands = await svc.demo_data(runtime, orders)
             elapsed = time.perf_counter() - started
             counts = await _tally(runtime, before)
+            pending = None
             if catch_up:
-                await runtime.catch_up()
+                for runner in runtime.runners.values():
+                    await catch_up_alongside(runner)
+                pending = max((lag.lag_events for lag in await runtime.lag()), default=0)
         table = Table(title=f"demo data for {svc.title}")
         table.add_column("event type", style="bold")
         table.add_column("count", justify="right")
@@ -217,7 +231,7 @@ def demo_data(
         console.print(table)
         console.print(
             f"{commands:,} commands, {sum(counts.values()):,} events in {elapsed:.1f} s"
-            + ("; projections are up to date" if catch_up else ""),
+            + _catch_up_note(pending),
             highlight=False,
             soft_wrap=True,
         )
