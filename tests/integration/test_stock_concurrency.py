@@ -19,10 +19,11 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 from cqrskit.backend import Backend, open_backend
-from cqrskit.command_bus import CommandBus
+from cqrskit.command_bus import CommandBus, CommandResult
 from cqrskit.errors import ConcurrencyError
 from cqrskit.messages import LOG_START
 from cqrskit.middleware import retry_on_conflict
+from cqrskit.testing.contracts import wait_until_readable
 from orders.customer import RegisterCustomer
 from orders.handlers import register_command_handlers
 from orders.order import CreateOrder, OrderCreated
@@ -97,6 +98,8 @@ async def test_concurrent_orders_cannot_oversell(database_url: str) -> None:
         succeeded = [c.order_id for c, o in zip(commands, outcomes, strict=True) if not _err(o)]
         failed = [c.order_id for c, o in zip(commands, outcomes, strict=True) if _err(o)]
         errors = [o for o in outcomes if isinstance(o, BaseException)]
+        positions = [o.position for o in outcomes if isinstance(o, CommandResult) and o.position]
+        await wait_until_readable(backend.store, max(positions))
         assert all(isinstance(e, InsufficientStock | ConcurrencyError) for e in errors), errors
         assert len(succeeded) == STOCK
         assert sum(isinstance(e, InsufficientStock) for e in errors) == 50 - STOCK

@@ -40,7 +40,13 @@ from cqrskit.messages import (
     RecordedEvent,
 )
 from cqrskit.read_models.protocol import ReadModelStore, Statement, sql
-from cqrskit.store.protocol import ANY_VERSION, NO_STREAM, EventStore, StreamAppend
+from cqrskit.store.protocol import (
+    ANY_VERSION,
+    NO_STREAM,
+    AppendResult,
+    EventStore,
+    StreamAppend,
+)
 
 __all__ = [
     "HOSTILE_STRINGS",
@@ -49,6 +55,7 @@ __all__ = [
     "ReadModelStoreContract",
     "Withdrawn",
     "deposit",
+    "wait_until_readable",
 ]
 
 OCCURRED_AT = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
@@ -91,6 +98,30 @@ def _one(stream: str, expected: int, *events: DomainEvent) -> StreamAppend:
     return StreamAppend(stream, expected, list(events) or [deposit()])
 
 
+async def wait_until_readable(
+    store: EventStore, position: LogPosition, timeout: float = 30.0
+) -> None:
+    """Wait until ``read_all`` can return the event at ``position``.
+
+    A store may hold a committed event back while an older transaction is still in flight
+    (PostgreSQL's fence is cluster-wide), so a reader only sees it a moment later. Raises
+    ``AssertionError`` after ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (head := await store.head()) < position:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"event at {position.token()} not readable after {timeout} s")
+        await store.wait_for_events(head, min(remaining, 0.5))
+
+
+async def _append(store: EventStore, *streams: StreamAppend) -> AppendResult:
+    result = await store.append(*streams)
+    await wait_until_readable(store, result.position)
+    return result
+
+
 async def _log(store: EventStore, limit: int = 10_000) -> list[RecordedEvent]:
     return await store.read_all(after=LOG_START, limit=limit)
 
@@ -111,9 +142,9 @@ class EventStoreContract:
     # 2. Versions contiguous from 1; (stream, version) unique.
 
     async def test_per_stream_versions_contiguous_from_1(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM, deposit(), deposit()))
-        await store.append(_one("acct-b", NO_STREAM))
-        await store.append(_one("acct-a", 2, deposit()))
+        await _append(store, _one("acct-a", NO_STREAM, deposit(), deposit()))
+        await _append(store, _one("acct-b", NO_STREAM))
+        await _append(store, _one("acct-a", 2, deposit()))
         assert [e.version for e in await store.read_stream("acct-a")] == [1, 2, 3]
         assert [e.version for e in await store.read_stream("acct-b")] == [1]
         assert await store.stream_version("acct-a") == 3
@@ -124,7 +155,7 @@ class EventStoreContract:
         assert await store.stream_version("acct-missing") == 0
 
     async def test_read_stream_after_version(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM, *(deposit(str(n)) for n in range(1, 6))))
+        await _append(store, _one("acct-a", NO_STREAM, *(deposit(str(n)) for n in range(1, 6))))
         later = await store.read_stream("acct-a", after_version=3)
         assert [(e.version, e.amount) for e in later if isinstance(e, Deposited)] == [
             (4, Decimal(4)),
@@ -136,33 +167,33 @@ class EventStoreContract:
     async def test_append_with_stale_version_raises_concurrency_error(
         self, store: EventStore
     ) -> None:
-        await store.append(_one("acct-a", NO_STREAM, deposit(), deposit()))
+        await _append(store, _one("acct-a", NO_STREAM, deposit(), deposit()))
         with pytest.raises(ConcurrencyError):
             await store.append(_one("acct-a", 1, deposit("9.99")))
         assert await store.stream_version("acct-a") == 2
         assert len(await _log(store)) == 2
 
     async def test_expected_version_ahead_of_stream_raises(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         with pytest.raises(ConcurrencyError):
             await store.append(_one("acct-a", 5))
         assert await store.stream_version("acct-a") == 1
 
     async def test_no_stream_on_existing_stream_raises(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         with pytest.raises(ConcurrencyError):
             await store.append(_one("acct-a", NO_STREAM))
         assert len(await _log(store)) == 1
 
     async def test_any_version_appends(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", ANY_VERSION))
-        await store.append(_one("acct-a", ANY_VERSION, deposit(), deposit()))
+        await _append(store, _one("acct-a", ANY_VERSION))
+        await _append(store, _one("acct-a", ANY_VERSION, deposit(), deposit()))
         assert [e.version for e in await store.read_stream("acct-a")] == [1, 2, 3]
 
     # 1. Append is atomic across streams.
 
     async def test_multi_stream_append_is_atomic(self, store: EventStore) -> None:
-        await store.append(_one("acct-b", NO_STREAM))
+        await _append(store, _one("acct-b", NO_STREAM))
         with pytest.raises(ConcurrencyError):
             await store.append(
                 _one("acct-a", NO_STREAM, deposit("5.00")),
@@ -174,8 +205,8 @@ class EventStoreContract:
         assert len(await _log(store)) == 1
 
     async def test_multi_stream_append_stores_every_stream(self, store: EventStore) -> None:
-        result = await store.append(
-            _one("acct-a", NO_STREAM, deposit(), deposit()), _one("acct-b", NO_STREAM)
+        result = await _append(
+            store, _one("acct-a", NO_STREAM, deposit(), deposit()), _one("acct-b", NO_STREAM)
         )
         assert [(r.event.stream_id, r.event.version) for r in result.events] == [
             ("acct-a", 1),
@@ -188,8 +219,8 @@ class EventStoreContract:
     # 4. A returned append is visible; the result is what the log holds.
 
     async def test_append_result_is_what_the_log_returns(self, store: EventStore) -> None:
-        first = await store.append(_one("acct-a", NO_STREAM, deposit("1.00"), deposit("2.00")))
-        second = await store.append(_one("acct-b", NO_STREAM, deposit("3.00")))
+        first = await _append(store, _one("acct-a", NO_STREAM, deposit("1.00"), deposit("2.00")))
+        second = await _append(store, _one("acct-b", NO_STREAM, deposit("3.00")))
         assert await _log(store) == first.events + second.events
         assert second.position > first.position
 
@@ -197,7 +228,7 @@ class EventStoreContract:
 
     async def test_nil_event_id_gets_fresh_id(self, store: EventStore) -> None:
         given = uuid4()
-        result = await store.append(_one("acct-a", NO_STREAM, deposit(), deposit(event_id=given)))
+        result = await _append(store, _one("acct-a", NO_STREAM, deposit(), deposit(event_id=given)))
         fresh, kept = (r.event.event_id for r in result.events)
         assert fresh != NIL_UUID
         assert kept == given
@@ -205,7 +236,7 @@ class EventStoreContract:
 
     async def test_event_ids_unique(self, store: EventStore) -> None:
         for n in range(5):
-            await store.append(_one(f"acct-{n}", NO_STREAM, *(deposit() for _ in range(20))))
+            await _append(store, _one(f"acct-{n}", NO_STREAM, *(deposit() for _ in range(20))))
         ids = [r.event.event_id for r in await _log(store)]
         assert len(ids) == 100
         assert len(set(ids)) == 100
@@ -214,7 +245,7 @@ class EventStoreContract:
         self, store: EventStore
     ) -> None:
         taken = uuid4()
-        await store.append(_one("acct-a", NO_STREAM, deposit(event_id=taken)))
+        await _append(store, _one("acct-a", NO_STREAM, deposit(event_id=taken)))
         with pytest.raises((ConcurrencyError, IntegrityError)):
             await store.append(
                 _one("acct-b", NO_STREAM, deposit()),
@@ -228,9 +259,9 @@ class EventStoreContract:
     async def test_read_all_returns_log_order_strictly_after_position(
         self, store: EventStore
     ) -> None:
-        await store.append(_one("acct-a", NO_STREAM, deposit("1.00")))
-        await store.append(_one("acct-b", NO_STREAM, deposit("2.00")))
-        await store.append(_one("acct-a", 1, deposit("3.00")))
+        await _append(store, _one("acct-a", NO_STREAM, deposit("1.00")))
+        await _append(store, _one("acct-b", NO_STREAM, deposit("2.00")))
+        await _append(store, _one("acct-a", 1, deposit("3.00")))
         log = await _log(store)
         positions = [r.position for r in log]
         assert positions == sorted(positions)
@@ -242,7 +273,9 @@ class EventStoreContract:
 
     async def test_read_all_paginates_without_gaps_or_duplicates(self, store: EventStore) -> None:
         for n in range(7):
-            await store.append(_one(f"acct-{n % 3}", ANY_VERSION, deposit(), deposit(), deposit()))
+            await _append(
+                store, _one(f"acct-{n % 3}", ANY_VERSION, deposit(), deposit(), deposit())
+            )
         everything = await _log(store)
         assert len(everything) == 21
         pages: list[RecordedEvent] = []
@@ -255,7 +288,7 @@ class EventStoreContract:
 
     async def test_read_all_keeps_per_stream_version_order(self, store: EventStore) -> None:
         for n in range(12):
-            await store.append(_one(f"acct-{n % 4}", ANY_VERSION, deposit()))
+            await _append(store, _one(f"acct-{n % 4}", ANY_VERSION, deposit()))
         seen: dict[str, int] = {}
         for record in await _log(store):
             event = record.event
@@ -265,8 +298,8 @@ class EventStoreContract:
     async def test_head_and_count_after(self, store: EventStore) -> None:
         assert await store.count_after(LOG_START) == 0
         assert await store.read_all(after=await store.head(), limit=10) == []
-        await store.append(_one("acct-a", NO_STREAM, deposit(), deposit()))
-        result = await store.append(_one("acct-b", NO_STREAM, deposit(), deposit(), deposit()))
+        await _append(store, _one("acct-a", NO_STREAM, deposit(), deposit()))
+        result = await _append(store, _one("acct-b", NO_STREAM, deposit(), deposit(), deposit()))
         log = await _log(store)
         assert await store.head() == result.position == log[-1].position
         assert await store.count_after(LOG_START) == 5
@@ -277,21 +310,21 @@ class EventStoreContract:
 
     async def test_wait_for_events_wakes_on_append(self, store: EventStore) -> None:
         head = await store.head()
-        waiter = asyncio.ensure_future(store.wait_for_events(head, 60.0))
+        waiter = asyncio.ensure_future(store.wait_for_events(head, 120.0))
         await asyncio.sleep(0.05)
         assert not waiter.done()
         await store.append(_one("acct-a", NO_STREAM))
-        # Far below the 60 s timeout: the append woke the waiter.
-        assert await asyncio.wait_for(waiter, 10.0) is True
+        # Well below the 120 s timeout: the append woke the waiter.
+        assert await asyncio.wait_for(waiter, 30.0) is True
 
     async def test_wait_for_events_times_out_without_events(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         assert await store.wait_for_events(await store.head(), 0.2) is False
 
     async def test_wait_for_events_returns_at_once_when_events_are_readable(
         self, store: EventStore
     ) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         assert await asyncio.wait_for(store.wait_for_events(LOG_START, 60.0), 10.0) is True
 
     # Serialisation.
@@ -303,7 +336,7 @@ class EventStoreContract:
             for note in HOSTILE_STRINGS
         ]
         events.append(Withdrawn(amount=Decimal("0.10"), occurred_at=at))
-        result = await store.append(StreamAppend("acct-a", NO_STREAM, events))
+        result = await _append(store, StreamAppend("acct-a", NO_STREAM, events))
         stored = await store.read_stream("acct-a")
         assert stored == [r.event for r in result.events]
         assert stored == [r.event for r in await _log(store)]
@@ -321,14 +354,14 @@ class EventStoreContract:
     async def test_metadata_round_trips(self, store: EventStore) -> None:
         metadata = EventMetadata(causation_id=uuid4(), correlation_id=uuid4(), user_id="ünï'\"")
         event = deposit().model_copy(update={"metadata": metadata})
-        await store.append(_one("acct-a", NO_STREAM, event, deposit()))
+        await _append(store, _one("acct-a", NO_STREAM, event, deposit()))
         first, second = await store.read_stream("acct-a")
         assert first.metadata == metadata
         assert second.metadata == EventMetadata()
         assert (await _log(store))[0].event.metadata == metadata
 
     async def test_recorded_at_is_timezone_aware(self, store: EventStore) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         (record,) = await _log(store)
         assert record.recorded_at.tzinfo is not None
 
@@ -337,7 +370,7 @@ class EventStoreContract:
     async def test_concurrent_appenders_on_one_stream_exactly_one_wins(
         self, store: EventStore
     ) -> None:
-        await store.append(_one("acct-a", NO_STREAM))
+        await _append(store, _one("acct-a", NO_STREAM))
         for version in range(1, 11):
             outcomes = await asyncio.gather(
                 store.append(_one("acct-a", version, deposit("1.00"))),
@@ -352,14 +385,17 @@ class EventStoreContract:
     async def test_concurrent_writers_are_read_without_gaps(self, store: EventStore) -> None:
         """A reader following the log while many writers commit misses nothing (guarantee 5)."""
         writers_done = asyncio.Event()
+        positions: list[LogPosition] = []
 
         async def write(stream: str) -> None:
             for _ in range(5):
-                await store.append(_one(stream, ANY_VERSION, deposit(), deposit()))
+                result = await store.append(_one(stream, ANY_VERSION, deposit(), deposit()))
+                positions.append(result.position)
                 while True:  # one contended stream, written like a command handler would
                     version = await store.stream_version("acct-shared")
                     try:
-                        await store.append(_one("acct-shared", version))
+                        result = await store.append(_one("acct-shared", version))
+                        positions.append(result.position)
                         break
                     except ConcurrencyError:
                         await asyncio.sleep(0)
@@ -380,6 +416,8 @@ class EventStoreContract:
 
         reader = asyncio.ensure_future(follow())
         await asyncio.gather(*(write(f"acct-{n}") for n in range(8)))
+        # The reader stops at its first empty page after this, so everything must be readable.
+        await wait_until_readable(store, max(positions))
         writers_done.set()
         seen = await asyncio.wait_for(reader, 60.0)
         assert seen == await _log(store)
