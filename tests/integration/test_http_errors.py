@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,12 @@ from uuid import UUID
 
 import httpx
 import pytest
+from fastapi import APIRouter
 
-from cqrskit.messages import LogPosition
+from cqrskit.errors import ConcurrencyError, IntegrityError, OperationalError
+from cqrskit.http import RuntimeDep
+from cqrskit.messages import LogPosition, Query
+from orders.service import service as orders_service
 from tests.integration.http_server import Served, serve
 
 API = "/api/v1"
@@ -304,3 +309,84 @@ async def test_unknown_routes_and_methods_are_problems(
     assert_problem(response, status)
     if status == 405:
         assert response.headers["allow"]
+
+
+# Framework failures, through a router that raises them on purpose.
+
+SECRET_TEXT = 'SELECT password FROM users -- File "/srv/app/secret.py", line 3'
+
+
+class _Unregistered(Query):
+    pass
+
+
+def _failing_router() -> APIRouter:
+    router = APIRouter(prefix="/fail")
+
+    @router.get("/crash")
+    async def crash() -> None:
+        raise RuntimeError(SECRET_TEXT)
+
+    @router.get("/integrity")
+    async def integrity() -> None:
+        raise IntegrityError(SECRET_TEXT)
+
+    @router.get("/unavailable")
+    async def unavailable() -> None:
+        raise OperationalError(SECRET_TEXT)
+
+    @router.get("/conflict")
+    async def conflict() -> None:
+        raise ConcurrencyError("order-" + SECRET_TEXT, 3, current_version=4)
+
+    @router.get("/no-handler")
+    async def no_handler(runtime: RuntimeDep) -> None:
+        await runtime.query_bus.dispatch(_Unregistered(), object)
+
+    return router
+
+
+@pytest.fixture
+async def failing(sqlite_url: str) -> AsyncIterator[Served]:
+    service = dataclasses.replace(
+        orders_service, routers=lambda: [*orders_service.routers(), _failing_router()]
+    )
+    async with serve(sqlite_url, service=service) as api:
+        yield api
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/fail/crash", 500),
+        ("/fail/integrity", 500),
+        ("/fail/no-handler", 500),
+        ("/fail/unavailable", 503),
+        ("/fail/conflict", 409),
+    ],
+)
+async def test_framework_failures_map_to_generic_problems(
+    failing: Served, path: str, status: int
+) -> None:
+    response = await failing.client.get(path)
+    body = assert_problem(response, status)
+    for leak in ("SELECT", "password", "secret", ".py", "Traceback", "File", "order-"):
+        assert leak not in response.text, (leak, response.text)
+    if status == 503:
+        assert int(response.headers["retry-after"]) > 0
+    if status == 409:
+        assert body["current_version"] == 4
+        assert body["type"].endswith("concurrency-conflict")
+
+
+async def test_database_unavailable_is_503_with_retry_after(database_url: str) -> None:
+    async with serve(database_url, run_projections=False) as api:
+        await api.runtime.backend.close()
+        response = await api.client.post(
+            f"{API}/customers", json={"name": "Ada", "email": "ada@example.com"}
+        )
+        assert_problem(response, 503)
+        assert int(response.headers["retry-after"]) > 0
+        assert "sqlite" not in response.text.lower()
+        assert "asyncpg" not in response.text.lower()
+        assert (await api.client.get("/health")).status_code == 200
