@@ -19,7 +19,7 @@ import pytest
 
 from cqrskit.backend import Backend
 from cqrskit.errors import ConcurrencyError
-from cqrskit.messages import LOG_START, DomainEvent, utc_now
+from cqrskit.messages import LOG_START, DomainEvent, LogPosition, utc_now
 from cqrskit.projections.projection import Projection, on
 from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.read_models.protocol import Statement, sql
@@ -79,12 +79,25 @@ async def seen_rows(backend: Backend) -> list[tuple[Any, str, int]]:
     return [(row["event_id"], row["stream_id"], row["version"]) for row in rows]
 
 
-async def settle(runner: ProjectionRunner, backend: Backend, timeout: float = 30.0) -> None:
-    """Wait until the live runner has applied everything readable."""
+LAST_COMMITTED = sql(
+    "SELECT transaction_id::text::bigint AS tx, position FROM events"
+    " ORDER BY transaction_id DESC, position DESC LIMIT 1"
+)
+
+
+async def settle(runner: ProjectionRunner, backend: Backend, timeout: float = 60.0) -> None:
+    """Wait until the live runner has applied every committed event.
+
+    The target is the last committed row, read without the fence: other sessions on the
+    server may hold the fence back for a while, and the runner must then wait too.
+    """
 
     async def done() -> None:
+        row = await backend.read_models.fetchone(LAST_COMMITTED)
+        assert row is not None
+        target = LogPosition(row["tx"], row["position"])
         # Polls database state, which no local event could signal.
-        while await backend.read_models.checkpoint(runner.name) != await backend.store.head():  # noqa: ASYNC110
+        while await backend.read_models.checkpoint(runner.name) != target:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(done(), timeout)
@@ -137,7 +150,7 @@ async def test_late_commit_is_never_skipped_and_applied_once(
         await conn.close()
 
     # No announcement and a 60 s poll interval: only the fence re-poll can move the runner.
-    await settle(runner, backend, timeout=10.0)
+    await settle(runner, backend, timeout=30.0)
     await finish(stop, task)
     rows = await seen_rows(backend)
     expected = 5 + 1001 + (1 if outcome == "commit" else 0)
