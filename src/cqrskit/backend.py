@@ -36,8 +36,12 @@ class Backend:
             await close()
 
 
-async def open_backend(url: str, *, migrate: bool = True) -> Backend:
-    """Open the backend named by ``url``; create the event store's schema when ``migrate``."""
+async def open_backend(url: str, *, migrate: bool = True, pool_size: int = 10) -> Backend:
+    """Open the backend named by ``url``; create the event store's schema when ``migrate``.
+
+    ``pool_size`` bounds the connections of a PostgreSQL pool (SQLite always uses one writer
+    and one reader connection).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         db = await SQLiteDatabase.open(sqlite_path_from_url(url))
@@ -51,7 +55,7 @@ async def open_backend(url: str, *, migrate: bool = True) -> Backend:
     if scheme in ("postgresql", "postgres"):
         from cqrskit.store.postgres import open_postgres_backend
 
-        return await open_postgres_backend(url, migrate=migrate)
+        return await open_postgres_backend(url, migrate=migrate, max_size=pool_size)
     raise ValueError("database URL must start with sqlite://, postgresql:// or memory://")
 
 

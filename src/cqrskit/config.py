@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     migrate: bool = True
+    pool_size: int = Field(default=10, ge=1, le=500)
     run_projections: bool = True
     projection_batch_size: int = Field(default=500, ge=1, le=100_000)
     projection_poll_interval: float = Field(default=1.0, gt=0, le=60)

@@ -60,7 +60,9 @@ class Runtime:
     @classmethod
     async def open(cls, service: Service, settings: Settings) -> Runtime:
         """Open the backend, build buses and runners, and migrate when settings say so."""
-        backend = await open_backend(settings.database_url, migrate=settings.migrate)
+        backend = await open_backend(
+            settings.database_url, migrate=settings.migrate, pool_size=settings.pool_size
+        )
         command_bus = CommandBus(
             backend.store,
             [log_messages(), retry_on_conflict(settings.command_retries)],
