@@ -18,6 +18,7 @@ from typing import Any
 from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus
 from cqrskit.config import Settings
+from cqrskit.messages import LogPosition
 from cqrskit.middleware import log_messages, retry_on_conflict
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.runner import ProjectionRunner
@@ -95,10 +96,24 @@ class Runtime:
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
 
-    async def catch_up(self) -> None:
-        """Apply every pending event to every projection (no background tasks needed)."""
-        for runner in self.runners.values():
-            await runner.catch_up()
+    async def catch_up(self, until: LogPosition | None = None, timeout: float = 30.0) -> None:
+        """Apply pending events to every projection in this task (no background runners).
+
+        With ``until`` (a command's position), keep going until every projection has applied
+        it: on PostgreSQL a transaction still in flight elsewhere can hold the readable log
+        back for a moment. Raises ``TimeoutError`` when that takes longer than ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            checkpoints = [await runner.catch_up() for runner in self.runners.values()]
+            behind = [c for c in checkpoints if until is not None and c < until]
+            if not behind:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"projections did not reach {until.token() if until else ''}")
+            await self.backend.store.wait_for_events(min(behind), min(remaining, 0.05))
 
     async def lag(self) -> list[ProjectionLag]:
         """Measure each projection against the head of the log."""
