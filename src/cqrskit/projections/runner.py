@@ -133,29 +133,44 @@ class ProjectionRunner:
                 self.status.state = ProjectionState.RUNNING
                 self.status.last_error = None
                 backoff = 0.05
-                waiter = asyncio.ensure_future(
-                    self.store.wait_for_events(checkpoint, self.poll_interval)
-                )
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (waiter, stopper):
-                    task.cancel()
+                await self._wait(checkpoint, stop)
             except asyncio.CancelledError:
                 raise
-            except CqrskitError as exc:
+            except Exception as exc:
                 self.status.state = ProjectionState.FAILED
                 self.status.failures += 1
-                self.status.last_error = str(exc)
-                _log.warning("projection %s: %s (retry in %.2fs)", self.name, exc, backoff)
+                self.status.last_error = (
+                    str(exc) if isinstance(exc, CqrskitError) else f"{type(exc).__name__}: {exc}"
+                )
+                _log.warning(
+                    "projection %s: %s (retry in %.2fs)",
+                    self.name,
+                    self.status.last_error,
+                    backoff,
+                    exc_info=not isinstance(exc, CqrskitError),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, self.max_backoff)
         self.status.state = ProjectionState.STOPPED
 
+    async def _wait(self, checkpoint: LogPosition, stop: asyncio.Event) -> None:
+        # Sleep until the store signals new events, the poll interval passes, or stop is set.
+        waiter = asyncio.ensure_future(self.store.wait_for_events(checkpoint, self.poll_interval))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, stopper):
+                task.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+        if not waiter.cancelled() and waiter.exception() is not None:
+            raise waiter.exception()  # type: ignore[misc]
+
     async def rebuild(
         self,
         *,
-        batch_size: int = 5000,
+        batch_size: int = 1000,
         progress: Callable[[LogPosition, int], None] | None = None,
     ) -> LogPosition:
         """Empty the read model, rewind to the start and replay the whole log."""
