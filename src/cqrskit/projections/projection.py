@@ -62,6 +62,17 @@ class Projection:
         """Event type names this projection reacts to."""
         return frozenset(t.event_type for t in self._routes)
 
+    def cache_tags(self, event: DomainEvent) -> Iterable[str]:
+        """Name what ``event`` changes in this read model, for cache invalidation.
+
+        Called only for handled events, after their batch committed. The default, ``"*"``,
+        means "anything": every cached answer read from this projection is invalidated.
+        Override it with exact tags (``f"order:{event.order_id}"``) that cached queries
+        declare too (:class:`~cqrskit.query_bus.Cached`); return nothing when the event
+        changes no row a query reads (a lookup table only).
+        """
+        return ("*",)
+
     def apply(self, event: DomainEvent) -> Iterable[Statement]:
         """Return the statements for one event (none when the type is not handled)."""
         handler = self._routes.get(type(event))

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cqrskit.errors import CqrskitError, ProjectionError
 from cqrskit.messages import LogPosition, RecordedEvent
+from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
 from cqrskit.read_models.protocol import ReadModelStore, Statement
 from cqrskit.store.protocol import EventStore
@@ -63,6 +64,7 @@ class ProjectionRunner:
         batch_size: int = 500,
         poll_interval: float = 1.0,
         max_backoff: float = 30.0,
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
         self.store = store
         self.read_models = read_models
@@ -71,6 +73,7 @@ class ProjectionRunner:
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
         self.status = RunnerStatus()
+        self.listeners = list(listeners)
 
     @property
     def name(self) -> str:
@@ -91,6 +94,8 @@ class ProjectionRunner:
         await self.read_models.commit(self.name, statements, expected=checkpoint, position=position)
         self.status.events_applied += len(page)
         self.status.checkpoint = position
+        if self.listeners:
+            await self._tell_committed(position, page)
         return position
 
     def _statements(self, page: list[RecordedEvent]) -> list[Statement]:
@@ -179,7 +184,22 @@ class ProjectionRunner:
         await self.read_models.reset(
             self.name, [Statement(truncate, ()) for truncate in self.projection.truncate]
         )
+        for listener in self.listeners:
+            await self._tell(listener.rewound(self.projection))
         try:
             return await self.catch_up(limit=batch_size, progress=progress)
         finally:
             self.status.state = ProjectionState.IDLE
+
+    async def _tell_committed(self, position: LogPosition, page: list[RecordedEvent]) -> None:
+        # The post-commit hook (see cqrskit.projections.listeners): in order, never fatal.
+        for listener in self.listeners:
+            await self._tell(listener.committed(self.projection, position, page))
+
+    async def _tell(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("projection %s: a commit listener failed", self.name)
