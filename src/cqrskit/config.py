@@ -24,3 +24,12 @@ class Settings(BaseSettings):
     command_retries: int = Field(default=5, ge=1, le=100)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "info"
+    consistency_timeout: float = Field(default=5.0, ge=0, le=300)
+    """Longest a query given a consistency token waits for its projections (seconds)."""
+    consistency_poll_interval: float = Field(default=0.05, gt=0, le=10)
+    """How often waiting queries read the checkpoints of projections run elsewhere."""
+    redis_url: str | None = None
+    """Turns on the Redis query cache (``redis://host:6379/0``)."""
+    redis_prefix: str = Field(default="cqrskit", min_length=1, max_length=100)
+    cache_ttl: float = Field(default=300.0, gt=0, le=86_400)
+    cache_timeout: float = Field(default=0.25, gt=0, le=10)
