@@ -10,11 +10,13 @@ before it is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import uuid4
 
@@ -64,6 +66,48 @@ def translate(exc: sqlite3.Error) -> PersistenceError:
     return OperationalError("the SQLite database is unavailable")
 
 
+class _Worker:
+    """One thread running submitted calls in order; results come back on the caller's loop."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiting task
+                outcome: tuple[bool, Any] = (False, exc)
+            else:
+                outcome = (True, result)
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+    async def stop(self) -> None:
+        self._jobs.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 class SQLiteDatabase:
     """A writer thread and a reader thread over one database file."""
 
@@ -71,8 +115,8 @@ class SQLiteDatabase:
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="cqrskit-sqlite-w")
-        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="cqrskit-sqlite-r")
+        self._writer_thread = _Worker("cqrskit-sqlite-w")
+        self._reader_thread = _Worker("cqrskit-sqlite-r")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
 
@@ -80,11 +124,11 @@ class SQLiteDatabase:
     async def open(cls, path: Path | str) -> SQLiteDatabase:
         """Open (creating the file and its directory) and set WAL and durability pragmas."""
         db = cls(path if isinstance(path, Path) or _is_uri(path) else Path(path))
-        loop = asyncio.get_running_loop()
         try:
-            db._writer = await loop.run_in_executor(db._writer_thread, _connect, db.path)
-            db._reader = await loop.run_in_executor(db._reader_thread, _connect, db.path)
+            db._writer = await db._writer_thread.submit(_connect, db.path)
+            db._reader = await db._reader_thread.submit(_connect, db.path)
         except sqlite3.Error as exc:
+            await db.close()
             raise translate(exc) from exc
         return db
 
@@ -102,29 +146,24 @@ class SQLiteDatabase:
         conn = self._writer
         if conn is None:
             raise OperationalError("database is closed")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer_thread, _in_transaction, conn, work
-        )
+        return await self._writer_thread.submit(_in_transaction, conn, work)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` on the reader connection's thread."""
         conn = self._reader
         if conn is None:
             raise OperationalError("database is closed")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader_thread, _reading, conn, work
-        )
+        return await self._reader_thread.submit(_reading, conn, work)
 
     async def close(self) -> None:
         """Close both connections and stop their threads."""
-        loop = asyncio.get_running_loop()
         for conn, thread in (
             (self._writer, self._writer_thread),
             (self._reader, self._reader_thread),
         ):
             if conn is not None:
-                await loop.run_in_executor(thread, conn.close)
-            thread.shutdown(wait=True)
+                await thread.submit(conn.close)
+            await thread.stop()
         self._writer = self._reader = None
 
 

@@ -89,6 +89,9 @@ class ProjectionRunner:
         page = await self.store.read_all(after=checkpoint, limit=limit or self.batch_size)
         if not page:
             return checkpoint
+        return await self._apply_page(checkpoint, page)
+
+    async def _apply_page(self, checkpoint: LogPosition, page: list[RecordedEvent]) -> LogPosition:
         statements = self._statements(page)
         position = page[-1].position
         await self.read_models.commit(self.name, statements, expected=checkpoint, position=position)
@@ -117,16 +120,33 @@ class ProjectionRunner:
         limit: int | None = None,
         progress: Callable[[LogPosition, int], None] | None = None,
     ) -> LogPosition:
-        """Apply pages until the log is drained; return the final checkpoint."""
+        """Apply pages until the log is drained; return the final checkpoint.
+
+        The next page is read while the current one commits (different connections and
+        threads), so reading, applying and the commit's flush overlap. A page read during
+        the commit may come back short or empty (on PostgreSQL the commit itself holds the
+        visibility fence back); an empty one is read again after the commit before the log
+        counts as drained.
+        """
+        limit = limit or self.batch_size
         checkpoint = await self.read_models.checkpoint(self.name)
         self.status.checkpoint = checkpoint
-        while True:
-            new = await self.step(checkpoint, limit)
-            if new == checkpoint:
-                return checkpoint
+        page = await self.store.read_all(after=checkpoint, limit=limit)
+        while page:
+            after = page[-1].position
+            ahead = asyncio.ensure_future(self.store.read_all(after=after, limit=limit))
+            try:
+                checkpoint = await self._apply_page(checkpoint, page)
+            except BaseException:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+                raise
             if progress is not None:
-                progress(new, self.status.events_applied)
-            checkpoint = new
+                progress(checkpoint, self.status.events_applied)
+            page = await ahead
+            if not page:
+                page = await self.store.read_all(after=checkpoint, limit=limit)
+        return checkpoint
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until ``stop`` is set, retrying failed batches with backoff."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
 from cqrskit._sqlite import SQLiteDatabase
-from cqrskit.errors import ConcurrencyError
+from cqrskit.errors import ConcurrencyError, OperationalError
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
 from cqrskit.store.mapper import deserialize, serialize
@@ -36,9 +35,10 @@ SCHEMA = (
 )
 
 _CURRENT_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+# version last, so a prepared row is completed by appending the number the stream assigns.
 _INSERT = (
-    "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data,"
-    " metadata, occurred_at, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position"
+    "INSERT INTO events (event_id, stream_id, event_type, schema_version, data, metadata,"
+    " occurred_at, recorded_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COLUMNS = (
     "position, event_id, stream_id, version, event_type, schema_version, data, metadata,"
@@ -49,20 +49,47 @@ _READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 _COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?"
 
-_Staged = tuple[str, int, Sequence[DomainEvent]]
+_Row = tuple[Any, ...]
+_Planned = tuple[str, int, list[_Row], list[DomainEvent]]
 
 
-def _from_row(row: sqlite3.Row) -> DomainEvent:
+def _from_row(row: _Row) -> DomainEvent:
+    # Plain tuples in _COLUMNS order: cheaper than sqlite3.Row lookups by name.
     return deserialize(
-        event_type=row["event_type"],
-        schema_version=row["schema_version"],
-        data=row["data"],
-        metadata=row["metadata"],
-        event_id=row["event_id"],
-        stream_id=row["stream_id"],
-        version=row["version"],
-        occurred_at=row["occurred_at"],
+        event_type=row[4],
+        schema_version=row[5],
+        data=row[6],
+        metadata=row[7],
+        event_id=row[1],
+        stream_id=row[2],
+        version=row[3],
+        occurred_at=row[8],
     )
+
+
+def _fetch_tuples(conn: sqlite3.Connection, query: str, params: tuple[Any, ...]) -> list[_Row]:
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor.execute(query, params).fetchall()
+
+
+def _insert(conn: sqlite3.Connection, plan: list[_Planned]) -> list[list[tuple[int, int]]]:
+    out = []
+    for stream_id, expected, prepared, _ in plan:
+        current = conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
+        if expected != ANY_VERSION and expected != current:
+            raise ConcurrencyError(stream_id, expected, current)
+        placed = []
+        for version, row in enumerate(prepared, start=current + 1):
+            try:
+                position = conn.execute(_INSERT, (*row, version)).lastrowid
+            except sqlite3.IntegrityError:
+                raise ConcurrencyError(stream_id, expected, current) from None
+            if position is None:  # only for statements that insert no row
+                raise OperationalError("SQLite reported no row id for an inserted event")
+            placed.append((position, version))
+        out.append(placed)
+    return out
 
 
 class SQLiteEventStore:
@@ -86,10 +113,10 @@ class SQLiteEventStore:
     async def append(self, *streams: StreamAppend) -> AppendResult:
         now = utc_now()
         recorded_at = now.isoformat()
-        rows: list[tuple[str, int, list[tuple[Any, ...]], list[DomainEvent]]] = []
+        plan: list[_Planned] = []
         for stream_id, expected, events in streams:
-            prepared = []
-            stamped = []
+            prepared: list[_Row] = []
+            stamped: list[DomainEvent] = []
             for event in events:
                 if event.event_id == NIL_UUID:
                     event = event.model_copy(update={"event_id": uuid4()})
@@ -107,33 +134,14 @@ class SQLiteEventStore:
                     )
                 )
                 stamped.append(event)
-            rows.append((stream_id, expected, prepared, stamped))
+            plan.append((stream_id, expected, prepared, stamped))
 
-        def insert(conn: sqlite3.Connection) -> list[list[tuple[int, int]]]:
-            out = []
-            for stream_id, expected, prepared, _ in rows:
-                current = conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
-                if expected != ANY_VERSION and expected != current:
-                    raise ConcurrencyError(stream_id, expected, current)
-                placed = []
-                for offset, (eid, sid, etype, sv, data, meta, occ, rec) in enumerate(
-                    prepared, start=1
-                ):
-                    try:
-                        (position,) = conn.execute(
-                            _INSERT, (eid, sid, current + offset, etype, sv, data, meta, occ, rec)
-                        ).fetchone()
-                    except sqlite3.IntegrityError:
-                        raise ConcurrencyError(stream_id, expected, current) from None
-                    placed.append((position, current + offset))
-                out.append(placed)
-            return out
-
-        placements = await self.db.write(insert)
+        placements = await self.db.write(lambda conn: _insert(conn, plan))
         result = []
-        for (stream_id, _, _, stamped), placed in zip(rows, placements, strict=True):
+        for (stream_id, _, _, stamped), placed in zip(plan, placements, strict=True):
             for event, (position, version) in zip(stamped, placed, strict=True):
-                event = event.model_copy(update={"stream_id": stream_id, "version": version})
+                if event.stream_id != stream_id or event.version != version:
+                    event = event.model_copy(update={"stream_id": stream_id, "version": version})
                 result.append(RecordedEvent(LogPosition(0, position), event, now))
         if result:
             self._known_head = max(self._known_head, result[-1].position.position)
@@ -142,7 +150,7 @@ class SQLiteEventStore:
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         rows = await self.db.read(
-            lambda conn: conn.execute(_READ_STREAM, (stream_id, after_version)).fetchall()
+            lambda conn: _fetch_tuples(conn, _READ_STREAM, (stream_id, after_version))
         )
         return [_from_row(row) for row in rows]
 
@@ -155,14 +163,11 @@ class SQLiteEventStore:
 
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
         rows = await self.db.read(
-            lambda conn: conn.execute(_READ_ALL, (after.position, limit)).fetchall()
+            lambda conn: _fetch_tuples(conn, _READ_ALL, (after.position, limit))
         )
+        parse_time = datetime.fromisoformat
         return [
-            RecordedEvent(
-                LogPosition(0, row["position"]),
-                _from_row(row),
-                datetime.fromisoformat(row["recorded_at"]),
-            )
+            RecordedEvent(LogPosition(0, row[0]), _from_row(row), parse_time(row[9]))
             for row in rows
         ]
 
