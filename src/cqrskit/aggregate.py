@@ -3,10 +3,15 @@
 An aggregate never does I/O, reads a clock or draws random numbers: time and ids arrive as
 arguments (from the command). Rehydration replays stored events through the same ``@applies``
 methods that ran when the events were first raised, so the two can never disagree.
+
+An aggregate may be served from a cache (:class:`~cqrskit.repository.AggregateCache`) as a
+``copy.deepcopy`` of a loaded instance: keep state in plain attributes and containers (lists,
+dicts, sets, messages), never in handles to the outside world.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -47,6 +52,13 @@ class Aggregate:
         self.id = aggregate_id
         self.version = 0
         self._pending: list[DomainEvent] = []
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        # The default goes through __reduce_ex__; this copies the attributes directly.
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     @classmethod
     def stream_id_for(cls, aggregate_id: str) -> str:

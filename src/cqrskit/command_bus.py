@@ -2,8 +2,17 @@
 
 A handler is ``async def handle(command, repository) -> None``: it loads aggregates from the
 repository (a fresh unit of work per attempt), calls their methods, and returns. The bus then
-appends every changed aggregate atomically with its expected version and answers with the
-stored events and a consistency token.
+appends every changed aggregate atomically with its expected version (and every aggregate it
+only read, with no events, so the store confirms the decision was made on current versions)
+and answers with the stored events and a consistency token.
+
+With ``aggregate_cache_size`` > 0 the bus keeps an :class:`~cqrskit.repository.AggregateCache`
+shared by its repositories: hot aggregates load without a database round trip. A stale entry
+never leads to a lost update or a decision stored on old state: the append's version checks
+fail, the command's streams are evicted and ``retry_on_conflict`` runs the handler again on
+fresh state. When a handler raises (a rule rejected the command) after reading cached
+aggregates, the bus checks their versions and, if any moved, evicts them and runs the handler
+once more, so a rejection is never based on a stale cache either.
 """
 
 from __future__ import annotations
@@ -14,12 +23,14 @@ from typing import Any, NamedTuple, TypeVar
 from cqrskit.errors import NoHandlerFoundError
 from cqrskit.messages import Command, LogPosition, RecordedEvent
 from cqrskit.middleware import Middleware, Next, chain
-from cqrskit.repository import Repository
+from cqrskit.repository import AggregateCache, Repository
 from cqrskit.store.protocol import EventStore
 
 __all__ = ["CommandBus", "CommandHandler", "CommandResult"]
 
 C = TypeVar("C", bound=Command)
+# How often a handler that raised runs again because cached aggregates it read had moved.
+_STALE_REDECISIONS = 2
 CommandHandler = Callable[[C, Repository], Awaitable[None]]
 
 
@@ -39,10 +50,19 @@ class CommandResult(NamedTuple):
 class CommandBus:
     """Routes commands to handlers and commits what they decide."""
 
-    def __init__(self, store: EventStore, middleware: Sequence[Middleware] = ()) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        middleware: Sequence[Middleware] = (),
+        *,
+        aggregate_cache_size: int = 0,
+    ) -> None:
         self._store = store
         self._handlers: dict[type[Command], CommandHandler[Any]] = {}
         self._call: Next = chain(list(middleware), self._execute)
+        self.cache: AggregateCache | None = (
+            AggregateCache(aggregate_cache_size) if aggregate_cache_size > 0 else None
+        )
 
     def register(self, command_type: type[C], handler: CommandHandler[C]) -> None:
         """Register the one handler for ``command_type``; a second registration is an error."""
@@ -71,9 +91,25 @@ class CommandBus:
         return result
 
     async def _execute(self, command: Command) -> CommandResult:
-        repository = Repository(self._store)
-        await self._handlers[type(command)](command, repository)
+        handler = self._handlers[type(command)]
+        for attempt in range(1, _STALE_REDECISIONS + 2):
+            repository = Repository(self._store, self.cache)
+            try:
+                await handler(command, repository)
+                break
+            except Exception:
+                if attempt > _STALE_REDECISIONS or not await _moved(repository):
+                    raise
         appended = await repository.save(command)
         if appended is None:
             return CommandResult([], None)
         return CommandResult(appended.events, appended.position)
+
+
+async def _moved(repository: Repository) -> bool:
+    # Whether cached aggregates the failed attempt read had moved (and were evicted). When
+    # the check itself fails, the handler's own error is the one to report.
+    try:
+        return await repository.evict_stale()
+    except Exception:
+        return False

@@ -8,7 +8,7 @@ sets it) when they are defined.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NamedTuple, NewType
+from typing import Any, ClassVar, NamedTuple, NewType, Self
 from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -42,9 +42,21 @@ def utc_now() -> datetime:
 
 
 class Message(BaseModel):
-    """Base of commands, queries and events: immutable, no unknown fields."""
+    """Base of commands, queries and events: immutable, no unknown fields.
+
+    Messages are values: a deep copy is the message itself (``copy.deepcopy`` returns
+    ``self``), so copying an aggregate that holds events or value objects copies only the
+    aggregate's own containers. Never mutate a container held by a message.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        if memo is None:
+            # pydantic's model_copy(deep=True) calls this directly and then updates the
+            # result in place: it needs a real copy.
+            return super().__deepcopy__(memo)
+        return self
 
 
 class Command(Message):

@@ -2,12 +2,21 @@
 
 A repository instance is one unit of work: it remembers what it loaded and added, and
 ``save`` appends every changed aggregate in one atomic call, each guarded by the version it
-was loaded at. Event ids are derived from the command id, so a retried command can never
-store its events twice.
+was loaded at. Aggregates that were only read go into the same call with no events, so the
+store checks that they too are still at the version the decision was based on. Event ids
+are derived from the command id, so a retried command can never store its events twice.
+
+An :class:`AggregateCache` lets a repository serve loads from memory without a database
+round trip. The cache can be stale (another process appended to a stream), and that never
+matters for what is stored: every loaded version is checked again inside the atomic append,
+so a decision on stale state ends in :class:`~cqrskit.errors.ConcurrencyError`, the cached
+entries are evicted, and the retry decides on what the store holds.
 """
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from typing import TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -16,7 +25,7 @@ from cqrskit.errors import NotFound
 from cqrskit.messages import Command, EventMetadata
 from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
 
-__all__ = ["Repository", "event_id_for"]
+__all__ = ["AggregateCache", "Repository", "event_id_for"]
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -26,12 +35,79 @@ def event_id_for(command_id: UUID, stream_id: str, version: int) -> UUID:
     return uuid5(NAMESPACE_URL, f"cqrskit:{command_id}:{stream_id}:{version}")
 
 
-class Repository:
-    """Unit of work over an :class:`~cqrskit.store.protocol.EventStore`."""
+class AggregateCache:
+    """A bounded, least-recently-used map of stream id to an aggregate at a known version.
 
-    def __init__(self, store: EventStore) -> None:
+    Guarantees:
+
+    1. The cache and its users never share mutable state: :meth:`get` returns a deep copy and
+       :meth:`put` stores one.
+    2. Only saved state is cached (no pending events), and an entry only moves forward: a
+       put at a version not newer than the cached one is ignored.
+    3. Absence is never cached: a stream that does not exist is always looked up in the store.
+    4. ``max_size`` 0 disables the cache (every ``get`` misses, ``put`` keeps nothing).
+
+    A cached aggregate may be older than the store (another process appended); callers must
+    check the version when they write, as :meth:`Repository.save` does.
+    """
+
+    def __init__(self, max_size: int = 4096) -> None:
+        if max_size < 0:
+            raise ValueError("max_size must be >= 0")
+        self.max_size = max_size
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, Aggregate] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, cls: type[A], stream_id: str) -> A | None:
+        """Return a private copy of the cached aggregate, or ``None`` (also for another class)."""
+        entry = self._entries.get(stream_id)
+        if entry is None or type(entry) is not cls:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(stream_id)
+        self.hits += 1
+        return copy.deepcopy(entry)
+
+    def version(self, stream_id: str) -> int | None:
+        """Return the cached version of ``stream_id`` (``None`` when it is not cached)."""
+        entry = self._entries.get(stream_id)
+        return None if entry is None else entry.version
+
+    def put(self, aggregate: Aggregate) -> None:
+        """Cache a copy of ``aggregate`` unless it has pending events or is not newer."""
+        if self.max_size == 0 or aggregate.pending_events:
+            return
+        stream_id = aggregate.stream_id
+        current = self._entries.get(stream_id)
+        if current is not None and current.version >= aggregate.version:
+            return
+        self._entries[stream_id] = copy.deepcopy(aggregate)
+        self._entries.move_to_end(stream_id)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+
+    def evict(self, *stream_ids: str) -> None:
+        """Forget the given streams (the next load reads the store)."""
+        for stream_id in stream_ids:
+            self._entries.pop(stream_id, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._entries.clear()
+
+
+class Repository:
+    """Unit of work over an :class:`~cqrskit.store.protocol.EventStore`, optionally cached."""
+
+    def __init__(self, store: EventStore, cache: AggregateCache | None = None) -> None:
         self._store = store
+        self._cache = cache
         self._tracked: dict[str, Aggregate] = {}
+        self._cached_reads: dict[str, int] = {}
 
     async def get(self, cls: type[A], aggregate_id: str) -> A | None:
         """Load an aggregate, or return ``None`` when its stream has no events."""
@@ -41,10 +117,19 @@ class Repository:
             if not isinstance(tracked, cls):
                 raise TypeError(f"stream {stream_id} is loaded as {type(tracked).__name__}")
             return tracked
+        cache = self._cache
+        if cache is not None:
+            cached = cache.get(cls, stream_id)
+            if cached is not None:
+                self._tracked[stream_id] = cached
+                self._cached_reads[stream_id] = cached.version
+                return cached
         events = await self._store.read_stream(stream_id)
         if not events:
             return None
         aggregate = cls.rehydrate(aggregate_id, events)
+        if cache is not None:
+            cache.put(aggregate)
         self._tracked[stream_id] = aggregate
         return aggregate
 
@@ -59,39 +144,71 @@ class Repository:
         """Track a newly created aggregate; saving it requires that its stream is new."""
         self._tracked[aggregate.stream_id] = aggregate
 
+    async def evict_stale(self) -> bool:
+        """Check the aggregates served from the cache against the store; evict those that moved.
+
+        Returns whether any had moved: then what was decided on them (a rejection, say) may
+        not hold, and the caller can decide again with a fresh unit of work. Costs one version
+        read per cached aggregate, so callers use it on their error path only.
+        """
+        if self._cache is None or not self._cached_reads:
+            return False
+        stale = [
+            stream_id
+            for stream_id, version in self._cached_reads.items()
+            if await self._store.stream_version(stream_id) != version
+        ]
+        self._cache.evict(*stale)
+        return bool(stale)
+
     async def save(self, command: Command | None = None) -> AppendResult | None:
         """Append the pending events of every tracked aggregate in one atomic call.
 
-        Raises :class:`~cqrskit.errors.ConcurrencyError` when any stream moved since it was
-        loaded; then nothing is stored. Returns ``None`` when there was nothing to save.
+        Aggregates that were only read are appended with no events at the version they were
+        loaded at, so the store verifies they have not moved either. Raises
+        :class:`~cqrskit.errors.ConcurrencyError` when any tracked stream moved since it was
+        loaded; then nothing is stored and the tracked streams leave the cache. Returns
+        ``None`` (and checks nothing) when no aggregate has pending events.
         """
-        changed = [a for a in self._tracked.values() if a.pending_events]
+        tracked = list(self._tracked.values())
+        changed = [a for a in tracked if a.pending_events]
         if not changed:
             return None
-        metadata = (
-            EventMetadata(
+        if command is not None:
+            metadata = EventMetadata(
                 causation_id=command.command_id,
                 correlation_id=command.correlation_id or command.command_id,
                 user_id=command.user_id,
             )
-            if command is not None
-            else EventMetadata()
-        )
+        else:
+            metadata = EventMetadata()
         appends = []
-        for aggregate in changed:
-            events = [
-                e.model_copy(
-                    update={
-                        "metadata": metadata,
-                        "event_id": event_id_for(command.command_id, e.stream_id, e.version),
-                    }
-                    if command is not None
-                    else {"metadata": metadata}
-                )
-                for e in aggregate.pending_events
-            ]
+        for aggregate in tracked:
+            pending = aggregate.pending_events
+            if command is not None:
+                command_id = command.command_id
+                events = [
+                    e.model_copy(
+                        update={
+                            "metadata": metadata,
+                            "event_id": event_id_for(command_id, e.stream_id, e.version),
+                        }
+                    )
+                    for e in pending
+                ]
+            else:
+                events = [e.model_copy(update={"metadata": metadata}) for e in pending]
             appends.append(StreamAppend(aggregate.stream_id, aggregate.loaded_version, events))
-        result = await self._store.append(*appends)
+        try:
+            result = await self._store.append(*appends)
+        except BaseException:
+            # A conflict means some cached state is stale; any other failure leaves the
+            # outcome unknown. Either way the next load must come from the store.
+            if self._cache is not None:
+                self._cache.evict(*self._tracked)
+            raise
         for aggregate in changed:
             aggregate.mark_saved()
+            if self._cache is not None:
+                self._cache.put(aggregate)
         return result

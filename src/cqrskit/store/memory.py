@@ -26,27 +26,24 @@ class MemoryEventStore:
     async def append(self, *streams: StreamAppend) -> AppendResult:
         async with self._lock:
             staged: list[DomainEvent] = []
-            seen_ids = set(self._ids)
+            staged_ids: set[object] = set()
+            versions: dict[str, int] = {}
             for stream_id, expected, events in streams:
-                current = len(self._streams.get(stream_id, ())) + sum(
-                    1 for e in staged if e.stream_id == stream_id
-                )
+                current = versions.get(stream_id)
+                if current is None:
+                    current = len(self._streams.get(stream_id, ()))
                 if expected != ANY_VERSION and expected != current:
                     raise ConcurrencyError(stream_id, expected, current)
-                for offset, event in enumerate(events, start=1):
+                for version, event in enumerate(events, start=current + 1):
                     event_id = uuid4() if event.event_id == NIL_UUID else event.event_id
-                    if event_id in seen_ids:
+                    if event_id in self._ids or event_id in staged_ids:
                         raise ConcurrencyError(stream_id, expected, current)
-                    seen_ids.add(event_id)
-                    staged.append(
-                        event.model_copy(
-                            update={
-                                "event_id": event_id,
-                                "stream_id": stream_id,
-                                "version": current + offset,
-                            }
-                        )
-                    )
+                    staged_ids.add(event_id)
+                    envelope = {"event_id": event_id, "stream_id": stream_id, "version": version}
+                    if (event.event_id, event.stream_id, event.version) != tuple(envelope.values()):
+                        event = event.model_copy(update=envelope)
+                    staged.append(event)
+                versions[stream_id] = current + len(events)
             now = utc_now()
             recorded = []
             for event in staged:
