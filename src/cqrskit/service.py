@@ -18,12 +18,15 @@ from typing import Any
 from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus
 from cqrskit.config import Settings
+from cqrskit.consistency import CheckpointWatch
 from cqrskit.messages import LogPosition
 from cqrskit.middleware import log_messages, retry_on_conflict
+from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.projections.status import ProjectionLag, projection_lag
 from cqrskit.query_bus import QueryBus
+from cqrskit.read_models.cache import RedisQueryCache
 from cqrskit.read_models.protocol import ReadModelStore
 
 __all__ = ["Runtime", "Service"]
@@ -55,6 +58,8 @@ class Runtime:
     command_bus: CommandBus
     query_bus: QueryBus
     runners: dict[str, ProjectionRunner]
+    checkpoints: CheckpointWatch
+    query_cache: RedisQueryCache | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -68,19 +73,30 @@ class Runtime:
             backend.store,
             [log_messages(), retry_on_conflict(settings.command_retries)],
         )
-        query_bus = QueryBus([log_messages()])
+        projections = list(service.projections())
+        watch = CheckpointWatch(
+            backend.read_models.checkpoints,
+            [p.name for p in projections],
+            poll_interval=settings.consistency_poll_interval,
+        )
+        query_bus = QueryBus(
+            [log_messages()], checkpoints=watch, max_wait=settings.consistency_timeout
+        )
         service.register(command_bus, query_bus, backend.read_models)
-        runners = {
-            p.name: ProjectionRunner(
+        cache, cached = _query_cache(settings, query_bus, {p.name for p in projections})
+        runners = {}
+        for p in projections:
+            # The cache invalidates first: a woken waiter must not find an old cached answer.
+            listeners: list[CommitListener] = [cache] if cache and p.name in cached else []
+            runners[p.name] = ProjectionRunner(
                 backend.store,
                 backend.read_models,
                 p,
                 batch_size=settings.projection_batch_size,
                 poll_interval=settings.projection_poll_interval,
+                listeners=[*listeners, watch],
             )
-            for p in service.projections()
-        }
-        runtime = cls(service, settings, backend, command_bus, query_bus, runners)
+        runtime = cls(service, settings, backend, command_bus, query_bus, runners, watch, cache)
         if settings.migrate:
             await runtime.migrate()
         return runtime
@@ -93,6 +109,7 @@ class Runtime:
     def start_projections(self) -> None:
         """Start one background task per projection, following the log live."""
         self._stop.clear()
+        self.checkpoints.attach(self.runners)
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
 
@@ -130,4 +147,34 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.checkpoints.detach(self.runners)
+        await self.checkpoints.close()
+        if self.query_cache is not None:
+            await self.query_cache.close()
         await self.backend.close()
+
+
+def _query_cache(
+    settings: Settings, query_bus: QueryBus, projections: set[str]
+) -> tuple[RedisQueryCache | None, set[str]]:
+    # Check what queries declare they read; with a Redis URL, cache the cacheable ones.
+    cached: set[str] = set()
+    for query_type, registration in query_bus.registrations().items():
+        unknown = set(registration.reads) - projections
+        if unknown:
+            raise ValueError(f"{query_type.__name__} reads unknown projections {sorted(unknown)}")
+        if registration.cache is not None:
+            if not registration.reads:
+                raise ValueError(f"cached {query_type.__name__} must declare what it reads")
+            cached.update(registration.reads)
+    if not settings.redis_url or not cached:
+        return None, set()
+    cache = RedisQueryCache.from_url(
+        settings.redis_url,
+        query_bus.registration,
+        prefix=settings.redis_prefix,
+        ttl=settings.cache_ttl,
+        timeout=settings.cache_timeout,
+    )
+    query_bus.use(cache)
+    return cache, cached

@@ -4,7 +4,9 @@ Request bodies are their own models, not the commands: the server picks every ne
 (``uuid4``) and the command's timestamp, and the user id never comes from the body. Every
 command answers with its consistency token, in the body (``consistency_token``) and in the
 ``X-Consistency-Token`` header. Queries read read models, which are eventually consistent:
-a GET right after a command may not see it yet.
+a GET right after a command may not see it yet, unless it passes the token back
+(``X-Consistency-Token`` header or ``?consistent_with=``): then it waits, bounded, for the
+read models it reads and says whether it is ``stale`` (see :mod:`cqrskit.http.consistency`).
 
 ``/orders/search`` and ``/orders/statistics`` are declared before ``/orders/{order_id}`` so
 they are not taken for an order id.
@@ -17,10 +19,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from cqrskit.http import Commands, RuntimeDep
+from cqrskit.http import Commands, Queries
 from orders.customer import RegisterCustomer
 from orders.order import (
     AddOrderItem,
@@ -228,9 +230,9 @@ async def create_order(body: CreateOrderRequest, commands: Commands) -> OrderCre
     return OrderCreated(order_id=order_id, consistency_token=token)
 
 
-@router.get("/orders/search")
+@router.get("/orders/search", response_model=OrderSummaryPage)
 async def search_orders(
-    runtime: RuntimeDep,
+    queries: Queries,
     q: Annotated[SafeQuery, Query()] = "",
     status: Annotated[OrderStatus | None, Query()] = None,
     customer_id: Annotated[UUID | None, Query()] = None,
@@ -240,7 +242,7 @@ async def search_orders(
     sort_order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     page: Page = 1,
     page_size: PageSize = 20,
-) -> OrderSummaryPage:
+) -> Response:
     """Full-text search over customer name, email and product names, with filters."""
     query = SearchOrders(
         q=q,
@@ -251,25 +253,25 @@ async def search_orders(
         page=page,
         page_size=page_size,
     )
-    return await runtime.query_bus.dispatch(query, OrderSummaryPage)
+    return await queries.answer(query, OrderSummaryPage)
 
 
-@router.get("/orders/statistics")
+@router.get("/orders/statistics", response_model=OrderStatistics)
 async def order_statistics(
-    runtime: RuntimeDep,
+    queries: Queries,
     customer_id: Annotated[UUID | None, Query()] = None,
     from_date: Annotated[Moment | None, Query()] = None,
     to_date: Annotated[Moment | None, Query()] = None,
-) -> OrderStatistics:
+) -> Response:
     """Totals, average order value, orders by status and top products."""
     query = GetOrderStatistics(customer_id=customer_id, from_date=from_date, to_date=to_date)
-    return await runtime.query_bus.dispatch(query, OrderStatistics)
+    return await queries.answer(query, OrderStatistics)
 
 
-@router.get("/orders/{order_id}")
-async def get_order(order_id: UUID, runtime: RuntimeDep) -> OrderView:
+@router.get("/orders/{order_id}", response_model=OrderView)
+async def get_order(order_id: UUID, queries: Queries) -> Response:
     """One order with its items, customer name and email, and address."""
-    return await runtime.query_bus.dispatch(GetOrderById(order_id=order_id), OrderView)
+    return await queries.answer(GetOrderById(order_id=order_id), OrderView)
 
 
 @router.post("/orders/{order_id}/items")
@@ -308,27 +310,25 @@ async def cancel_order(
     return OrderChanged(status="cancelled", order_id=order_id, consistency_token=token)
 
 
-@router.get("/customers/{customer_id}/orders")
+@router.get("/customers/{customer_id}/orders", response_model=OrderSummaryPage)
 async def customer_orders(
     customer_id: UUID,
-    runtime: RuntimeDep,
+    queries: Queries,
     status: Annotated[OrderStatus | None, Query()] = None,
     page: Page = 1,
     page_size: PageSize = 20,
-) -> OrderSummaryPage:
+) -> Response:
     """A customer's orders, newest first, optionally of one status."""
     query = GetOrdersByCustomer(
         customer_id=customer_id, status=status, page=page, page_size=page_size
     )
-    return await runtime.query_bus.dispatch(query, OrderSummaryPage)
+    return await queries.answer(query, OrderSummaryPage)
 
 
-@router.get("/customers/{customer_id}/summary")
-async def customer_summary(customer_id: UUID, runtime: RuntimeDep) -> CustomerSummary:
+@router.get("/customers/{customer_id}/summary", response_model=CustomerSummary)
+async def customer_summary(customer_id: UUID, queries: Queries) -> Response:
     """One customer's order figures (404 for an unknown customer)."""
-    return await runtime.query_bus.dispatch(
-        GetCustomerSummary(customer_id=customer_id), CustomerSummary
-    )
+    return await queries.answer(GetCustomerSummary(customer_id=customer_id), CustomerSummary)
 
 
 def __dir__() -> list[str]:

@@ -8,6 +8,13 @@ one), so several apps in one process do not clash. Exposed series:
 - ``cqrskit_command_duration_seconds{command}``: histogram of their latency.
 - ``cqrskit_http_requests_total{method, route, status}``: every request, labelled with the
   route template (``/api/v1/orders/{order_id}``), never the raw path.
+- ``cqrskit_consistent_reads_total{query, outcome}``: queries given a consistency token;
+  ``outcome`` is ``consistent`` or ``stale`` (the wait ran out).
+- ``cqrskit_query_cache_lookups_total{query, outcome}``: Redis query cache lookups;
+  ``outcome`` is ``hit``, ``miss``, ``bypass`` (answered from the database without asking
+  Redis, or Redis not yet at the token) or ``error`` (Redis failed; database used).
+- ``cqrskit_query_cache_invalidations_total{outcome}``: post-commit invalidations, ``ok`` or
+  ``error`` (kept and retried).
 - ``cqrskit_projection_lag_events{projection}``, ``cqrskit_projection_lag_seconds{projection}``,
   ``cqrskit_projection_failures{projection}``: measured when scraped.
 """
@@ -15,18 +22,21 @@ one), so several apps in one process do not clash. Exposed series:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cqrskit.command_bus import CommandBus, CommandResult
 from cqrskit.messages import Command
 
 if TYPE_CHECKING:
+    from cqrskit.read_models.cache import RedisQueryCache
     from cqrskit.service import Runtime
 
 __all__ = ["HttpMetrics", "Metrics", "metrics_router"]
@@ -68,6 +78,14 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+        self.consistent_reads = Counter(
+            "cqrskit_consistent_reads",
+            "Queries given a consistency token, by type and outcome (consistent or stale).",
+            ["query", "outcome"],
+            registry=r,
+        )
+        self.cache = _CacheCollector()
+        r.register(self.cache)
         self.failures = Gauge(
             "cqrskit_projection_failures",
             "Failed batches since the projection started.",
@@ -92,7 +110,8 @@ class Metrics:
             self.command_seconds.labels(name).observe(time.perf_counter() - started)
 
     async def refresh_projections(self, runtime: Runtime) -> None:
-        """Measure projection lag now (called on every scrape)."""
+        """Measure projection lag now (called on every scrape); find the query cache."""
+        self.cache.source = runtime.query_cache
         for lag in await runtime.lag():
             self.lag_events.labels(lag.name).set(lag.lag_events)
             self.lag_seconds.labels(lag.name).set(lag.lag_seconds)
@@ -103,6 +122,33 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _CacheCollector(Collector):
+    """Reads the query cache's counters at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: RedisQueryCache | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        lookups = CounterMetricFamily(
+            "cqrskit_query_cache_lookups",
+            "Redis query cache lookups, by query type and outcome.",
+            labels=["query", "outcome"],
+        )
+        invalidations = CounterMetricFamily(
+            "cqrskit_query_cache_invalidations",
+            "Post-commit cache invalidations, by outcome.",
+            labels=["outcome"],
+        )
+        stats = dict(self.source.stats) if self.source is not None else {}
+        for (query, outcome), count in sorted(stats.items()):
+            if query == "invalidation":
+                invalidations.add_metric([outcome], count)
+            else:
+                lookups.add_metric([query, outcome], count)
+        yield lookups
+        yield invalidations
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

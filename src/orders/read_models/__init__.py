@@ -13,13 +13,14 @@ be rebuilt on its own:
 from __future__ import annotations
 
 from cqrskit.projections.projection import Projection
-from cqrskit.query_bus import QueryBus
+from cqrskit.query_bus import Cached, QueryBus
 from cqrskit.read_models.protocol import ReadModelStore
 from orders.queries import (
     GetCustomerSummary,
     GetOrderById,
     GetOrdersByCustomer,
     GetOrderStatistics,
+    OrderView,
     SearchOrders,
 )
 from orders.read_models.customer_orders import CustomerOrdersProjection, orders_by_customer
@@ -43,12 +44,27 @@ def projections() -> list[Projection]:
 
 
 def register_query_handlers(query_bus: QueryBus, read_models: ReadModelStore) -> None:
-    """Register the handler of every orders query on ``query_bus``."""
-    query_bus.register(GetOrderById, order_by_id(read_models))
-    query_bus.register(GetOrdersByCustomer, orders_by_customer(read_models))
-    query_bus.register(SearchOrders, search_orders(read_models))
-    query_bus.register(GetOrderStatistics, statistics_of_orders(read_models))
-    query_bus.register(GetCustomerSummary, summary_of_customer(read_models))
+    """Register the handler of every orders query on ``query_bus``, with what it reads.
+
+    ``GetOrderById`` is cacheable: ``order_detail`` tags each order's changes
+    ``order:<id>`` (:meth:`OrderDetailProjection.cache_tags`).
+    """
+    query_bus.register(
+        GetOrderById,
+        order_by_id(read_models),
+        reads=("order_detail",),
+        cache=Cached(OrderView, tags=lambda query: (f"order:{query.order_id}",)),
+    )
+    query_bus.register(
+        GetOrdersByCustomer, orders_by_customer(read_models), reads=("customer_orders",)
+    )
+    query_bus.register(SearchOrders, search_orders(read_models), reads=("order_search",))
+    query_bus.register(
+        GetOrderStatistics, statistics_of_orders(read_models), reads=("order_statistics",)
+    )
+    query_bus.register(
+        GetCustomerSummary, summary_of_customer(read_models), reads=("customer_summary",)
+    )
 
 
 def __dir__() -> list[str]:

@@ -6,11 +6,12 @@ tables (``order_detail_customers``, ``order_detail_products``), fed by the same 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from uuid import UUID
 
 from cqrskit.errors import NotFound
+from cqrskit.messages import DomainEvent
 from cqrskit.projections.projection import Projection, on
 from cqrskit.read_models.protocol import ReadModelStore, Statement, sql
 from orders.customer import CustomerRegistered
@@ -115,6 +116,8 @@ _GET = sql(
     " WHERE o.order_id = $1 ORDER BY i.line_no"
 )
 
+_ORDER_EVENTS = (OrderCreated, OrderItemAdded, ShippingAddressUpdated, OrderShipped, OrderCancelled)
+
 
 class OrderDetailProjection(Projection):
     """Orders with their lines, customer name and email, and shipping address."""
@@ -123,6 +126,12 @@ class OrderDetailProjection(Projection):
     version = 1
     schema = _SCHEMA
     truncate = _TRUNCATE
+
+    def cache_tags(self, event: DomainEvent) -> Iterable[str]:
+        """``order:<id>`` for an order's events; customers and products change no order row."""
+        if isinstance(event, _ORDER_EVENTS):
+            return (f"order:{event.order_id}",)
+        return ()
 
     @on(CustomerRegistered)
     def _customer(self, event: CustomerRegistered) -> Iterator[Statement]:
