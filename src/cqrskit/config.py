@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=500, ge=1, le=100_000)
     projection_poll_interval: float = Field(default=1.0, gt=0, le=60)
     command_retries: int = Field(default=5, ge=1, le=100)
+    aggregate_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
+    """Aggregates the command bus keeps in memory per process (0 turns the cache off)."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "info"
     consistency_timeout: float = Field(default=5.0, ge=0, le=300)
