@@ -72,6 +72,7 @@ class Runtime:
         command_bus = CommandBus(
             backend.store,
             [log_messages(), retry_on_conflict(settings.command_retries)],
+            aggregate_cache_size=settings.aggregate_cache_size,
         )
         projections = list(service.projections())
         watch = CheckpointWatch(
