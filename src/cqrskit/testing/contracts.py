@@ -216,6 +216,56 @@ class EventStoreContract:
         assert result.events == await _log(store)
         assert result.position == result.events[-1].position
 
+    # 1. and 3. A stream given with no events only has its expected version checked (a
+    # command's read set: what it decided on must not have moved). The check happens where
+    # the append reads the streams' versions.
+
+    async def test_zero_event_append_at_current_version_stores_the_other_streams(
+        self, store: EventStore
+    ) -> None:
+        await _append(store, _one("acct-read", NO_STREAM, deposit(), deposit()))
+        for read_first in (True, False):
+            read = StreamAppend("acct-read", 2, [])
+            written = StreamAppend(f"acct-w-{read_first}", NO_STREAM, [deposit("3.00")])
+            result = await _append(store, *((read, written) if read_first else (written, read)))
+            assert [(r.event.stream_id, r.event.version) for r in result.events] == [
+                (f"acct-w-{read_first}", 1)
+            ]
+        assert await store.stream_version("acct-read") == 2
+        assert [r.event.stream_id for r in await _log(store)] == [
+            "acct-read",
+            "acct-read",
+            "acct-w-True",
+            "acct-w-False",
+        ]
+
+    async def test_zero_event_append_with_stale_version_raises_and_stores_nothing(
+        self, store: EventStore
+    ) -> None:
+        await _append(store, _one("acct-read", NO_STREAM, deposit(), deposit()))
+        await _append(store, _one("acct-w", NO_STREAM))
+        for stale in (1, 3, NO_STREAM):
+            for read_first in (True, False):
+                read = StreamAppend("acct-read", stale, [])
+                writes = [_one("acct-w", 1, deposit("5.00")), _one("acct-new", NO_STREAM)]
+                streams = [read, *writes] if read_first else [*writes, read]
+                with pytest.raises(ConcurrencyError):
+                    await store.append(*streams)
+        assert await store.read_stream("acct-new") == []
+        assert await store.stream_version("acct-w") == 1
+        assert await store.stream_version("acct-read") == 2
+        assert len(await _log(store)) == 3
+
+    async def test_zero_event_append_with_no_stream_checks_absence(self, store: EventStore) -> None:
+        result = await _append(
+            store, StreamAppend("acct-missing", NO_STREAM, []), _one("acct-w", NO_STREAM)
+        )
+        assert [r.event.stream_id for r in result.events] == ["acct-w"]
+        assert await store.read_stream("acct-missing") == []
+        with pytest.raises(ConcurrencyError):
+            await store.append(StreamAppend("acct-w", NO_STREAM, []), _one("acct-x", NO_STREAM))
+        assert await store.read_stream("acct-x") == []
+
     # 4. A returned append is visible; the result is what the log holds.
 
     async def test_append_result_is_what_the_log_returns(self, store: EventStore) -> None:
