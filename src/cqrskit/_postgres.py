@@ -1,10 +1,15 @@
 """One PostgreSQL database shared by the event store and the read models (asyncpg).
 
-A pool serves every query; a separate connection listens for commit announcements and
-reconnects in the background when it drops. Every driver or socket error is translated into
-:mod:`cqrskit.errors` here, so nothing above this module sees an ``asyncpg`` exception. A dead
-database fails fast: connecting gives up after ``connect_timeout`` seconds and a query after
-``command_timeout`` seconds; the pool replaces broken connections on the next acquire.
+A pool serves every query; a separate connection listens for commit announcements, sends
+this process's own announcements, and reconnects in the background when it drops. Pool
+connections are not reset with a query on release: cqrskit never leaves session state on them
+(``SET LOCAL`` and transaction-scoped advisory locks only, ``LISTEN`` on its own connection),
+and asyncpg still rolls back a transaction left open before the connection returns.
+
+Every driver or socket error is translated into :mod:`cqrskit.errors` here, so nothing above
+this module sees an ``asyncpg`` exception. A dead database fails fast: connecting gives up
+after ``connect_timeout`` seconds and a query after ``command_timeout`` seconds; the pool
+replaces broken connections on the next acquire.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncpg
 from cqrskit.errors import IntegrityError, OperationalError, PersistenceError
 
 __all__ = [
+    "ANNOUNCE",
     "CHANNEL",
     "COMMAND_TIMEOUT",
     "CONNECT_TIMEOUT",
@@ -40,6 +46,9 @@ _MIGRATION_LOCK = 0x63717273_6B6974
 # intervention (shutdown, cancel), rollback (serialization, deadlock), lock, system.
 _OPERATIONAL_CLASSES = frozenset({"08", "53", "57", "40", "55", "58"})
 _log = logging.getLogger("cqrskit.postgres")
+ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
+"""Sent after appends commit, never inside one (PostgreSQL serializes notifying commits,
+WAL flush included). Only a hint, so it does not wait for its own flush."""
 
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
@@ -47,6 +56,14 @@ _DRIVER_ERRORS = (
     asyncpg.InternalClientError,
     OSError,  # includes ConnectionError and TimeoutError (asyncpg's command timeout)
 )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool ``reset``: nothing to undo (asyncpg has already rolled back an open transaction).
+
+    The default reset (``RESET ALL; UNLISTEN *; pg_advisory_unlock_all(); ...``) costs one
+    round trip per release, i.e. one or two per command.
+    """
 
 
 def translate(exc: BaseException) -> PersistenceError:
@@ -102,6 +119,7 @@ class PostgresDatabase:
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
             )
         return cls(url, pool, connect_timeout=connect_timeout)
 
@@ -156,9 +174,11 @@ class PostgresDatabase:
 class Listener:
     """``LISTEN`` on a dedicated connection; reconnect in the background when it drops.
 
-    ``on_notify`` runs for every notification and whenever the connection is (re)established,
-    since announcements sent while it was down are lost. ``connected`` tells callers whether
-    they can rely on wake-ups or must poll.
+    ``on_notify`` runs for every notification from another session and whenever the
+    connection is (re)established, since announcements sent while it was down are lost.
+    ``connected`` tells callers whether they can rely on wake-ups or must poll. :meth:`notify`
+    sends an announcement on the same connection (its own echo is ignored), so announcing
+    never takes a pool connection.
     """
 
     def __init__(self, url: str, on_notify: Callable[[], None], *, connect_timeout: float) -> None:
@@ -167,6 +187,7 @@ class Listener:
         self.connect_timeout = connect_timeout
         self.connected = False
         self._conn: asyncpg.Connection | None = None
+        self._pid = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -186,13 +207,27 @@ class Listener:
             await _close_quietly(conn)
             return False
         conn.add_termination_listener(self._on_terminated)
+        self._pid = conn.get_server_pid()
         self._conn = conn
         self.connected = True
         self.on_notify()
         return True
 
-    def _on_message(self, *_: object) -> None:
-        self.on_notify()
+    def _on_message(self, _conn: object, pid: int, *_: object) -> None:
+        if pid != self._pid:  # our own announcements: local readers were woken directly
+            self.on_notify()
+
+    async def notify(self) -> bool:
+        """Announce an append to every listener; return whether it was sent."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            await conn.execute(ANNOUNCE)
+        except _DRIVER_ERRORS as exc:
+            _log.debug("announcement not sent: %s", translate(exc))
+            return False
+        return True
 
     def _on_terminated(self, conn: object) -> None:
         if conn is not self._conn:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
-from cqrskit._postgres import CHANNEL, Listener, PostgresDatabase, translating
+from cqrskit._postgres import ANNOUNCE, Listener, PostgresDatabase, translating
 from cqrskit.backend import Backend
 from cqrskit.errors import ConcurrencyError, OperationalError
 from cqrskit.messages import LOG_START, NIL_UUID, DomainEvent, LogPosition, RecordedEvent
@@ -110,7 +110,14 @@ SCHEMA = (
 )
 
 _FENCE = "pg_snapshot_xmin(pg_current_snapshot())"
-_AFTER = "(transaction_id, position) > ($1::text::xid8, $2::bigint)"
+# Strictly after a checkpoint, in (transaction_id, position) order. The leading-column bound
+# repeats what the row comparison implies: it lets the planner estimate the range from the
+# column's statistics, so even a checkpoint far behind is read by an index range scan on
+# events_log_order rather than a sequential scan (docs/ordering.md, "PostgreSQL tuning").
+_AFTER = (
+    "e.transaction_id >= $1::text::xid8"
+    " AND (e.transaction_id, e.position) > ($1::text::xid8, $2::bigint)"
+)
 
 _APPEND = (
     "SELECT out_event_id AS event_id, out_position AS position,"
@@ -118,35 +125,46 @@ _APPEND = (
     " out_recorded_at AS recorded_at, out_stream_id AS stream_id, out_expected AS expected"
     " FROM cqrskit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
-_COLUMNS = (
-    "transaction_id::text::bigint AS transaction_id, position, event_id, stream_id, version,"
-    " event_type, schema_version, data::text AS data, metadata::text AS metadata, occurred_at,"
-    " recorded_at"
+_EVENT_COLUMNS = (
+    "e.event_id, e.stream_id, e.version, e.event_type, e.schema_version,"
+    " e.data::text AS data, e.metadata::text AS metadata, e.occurred_at"
 )
 _READ_STREAM = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version"  # noqa: S608 (constant columns)
+    f"SELECT {_EVENT_COLUMNS} FROM events e"  # noqa: S608 (constant columns)
+    " WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version"
 )
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
+# The log queries also return the fence of their own snapshot (``fence``, one row even when
+# nothing else matches), so waiting for this store's own appends costs no extra round trip.
+# ORDER BY names the table's columns (``e.``): the bare names would sort by the bigint output
+# aliases, which no index provides, and sort the whole tail of the log on every page.
+_FENCED = "(SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) f"
 _READ_ALL = (
-    f"SELECT {_COLUMNS} FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}"  # noqa: S608 (constant text)
-    " ORDER BY transaction_id, position LIMIT $3"
+    "SELECT f.xmin::text::bigint AS fence, r.* FROM"  # noqa: S608 (constant text)
+    f" {_FENCED} LEFT JOIN LATERAL ("
+    "SELECT e.transaction_id::text::bigint AS transaction_id, e.position, e.recorded_at,"
+    f" {_EVENT_COLUMNS} FROM events e WHERE {_AFTER} AND e.transaction_id < f.xmin"
+    " ORDER BY e.transaction_id, e.position LIMIT $3) r ON true"
 )
 _HEAD = (
-    "SELECT transaction_id::text::bigint AS transaction_id, position FROM events"  # noqa: S608 (constant text)
-    f" WHERE transaction_id < {_FENCE} ORDER BY transaction_id DESC, position DESC LIMIT 1"
+    "SELECT f.xmin::text::bigint AS fence, h.* FROM"  # noqa: S608 (constant text)
+    f" {_FENCED} LEFT JOIN LATERAL ("
+    "SELECT e.transaction_id::text::bigint AS transaction_id, e.position FROM events e"
+    " WHERE e.transaction_id < f.xmin ORDER BY e.transaction_id DESC, e.position DESC LIMIT 1"
+    ") h ON true"
 )
-_COUNT_AFTER = f"SELECT count(*) FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}"  # noqa: S608 (constant text)
+_COUNT_AFTER = (
+    "SELECT f.xmin::text::bigint AS fence,"  # noqa: S608 (constant text)
+    f" (SELECT count(*) FROM events e WHERE {_AFTER} AND e.transaction_id < f.xmin) AS n"
+    f" FROM {_FENCED}"
+)
 # Readable: something after ``after`` lies below the fence. Committed: something after it is
 # visible at all, so if it is not readable yet an older transaction holds the fence back.
 _PROBE = (
-    f"SELECT EXISTS (SELECT 1 FROM events WHERE {_AFTER} AND transaction_id < {_FENCE}),"  # noqa: S608 (constant text)
-    f" EXISTS (SELECT 1 FROM events WHERE {_AFTER})"
+    f"SELECT EXISTS (SELECT 1 FROM events e WHERE {_AFTER} AND e.transaction_id < {_FENCE}),"  # noqa: S608 (constant text)
+    f" EXISTS (SELECT 1 FROM events e WHERE {_AFTER})"
 )
-# Announced after commit, asynchronously: a NOTIFY inside the append would hold PostgreSQL's
-# global notification lock through the commit's WAL flush and serialize every writer.
-_ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
 
-_FENCE_NOW = f"SELECT {_FENCE}::text::bigint"
 _OWN_WRITES_WAIT = 2.0
 _REPOLL_MIN = 0.005
 _REPOLL_MAX = 0.02
@@ -155,8 +173,8 @@ _ANY_VERSION_RETRIES = 10
 _log = logging.getLogger("cqrskit.postgres")
 
 
-def _record(row: asyncpg.Record) -> RecordedEvent:
-    event = deserialize(
+def _event(row: asyncpg.Record) -> DomainEvent:
+    return deserialize(
         event_type=row["event_type"],
         schema_version=row["schema_version"],
         data=row["data"],
@@ -166,9 +184,11 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
         version=row["version"],
         occurred_at=row["occurred_at"],
     )
-    return RecordedEvent(
-        LogPosition(row["transaction_id"], row["position"]), event, row["recorded_at"]
-    )
+
+
+def _record(row: asyncpg.Record) -> RecordedEvent:
+    position = LogPosition(row["transaction_id"], row["position"])
+    return RecordedEvent(position, _event(row), row["recorded_at"])
 
 
 class PostgresEventStore:
@@ -199,16 +219,21 @@ class PostgresEventStore:
     async def append(self, *streams: StreamAppend) -> AppendResult:
         if not streams:
             return AppendResult([])
-        for attempt in range(_ANY_VERSION_RETRIES):
-            try:
-                async with self.db.connection() as conn:
-                    result = await self.append_on(conn, *streams)
-                break
-            except _VersionRace:
-                # Nobody asked for a version check: number the events again.
-                retry = all(s.expected_version == ANY_VERSION for s in streams)
-                if not retry or attempt == _ANY_VERSION_RETRIES - 1:
-                    raise
+        try:
+            for attempt in range(_ANY_VERSION_RETRIES):
+                try:
+                    async with self.db.connection() as conn:
+                        result = await self.append_on(conn, *streams)
+                    break
+                except _VersionRace:
+                    # Nobody asked for a version check: number the events again.
+                    retry = all(s.expected_version == ANY_VERSION for s in streams)
+                    if not retry or attempt == _ANY_VERSION_RETRIES - 1:
+                        raise
+        finally:
+            # A transaction of ours ended (committed or not), so the fence may have moved:
+            # local readers waiting behind it look again.
+            self._wake()
         if result.events:
             self._own_tx = max(self._own_tx, result.position.transaction_id)
             self.announce()
@@ -252,61 +277,81 @@ class PostgresEventStore:
             self._announcer = asyncio.get_running_loop().create_task(self._send_announcements())
 
     async def _send_announcements(self) -> None:
+        # One NOTIFY in flight at a time, on the listening connection; appends made meanwhile
+        # are covered by the next one. Falls back to a pool connection while it is down.
         while self._announce.is_set() and not self._closed:
             self._announce.clear()
+            if await self._listener.notify():
+                continue
             try:
                 async with self.db.connection() as conn:
-                    await conn.execute(_ANNOUNCE)
+                    await conn.execute(ANNOUNCE)
             except OperationalError as exc:
                 _log.debug("announcement not sent (readers will poll): %s", exc)
                 return
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         rows = await self.db.fetch(_READ_STREAM, stream_id, after_version)
-        return [_record(row).event for row in rows]
+        return [_event(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         row = await self.db.fetchrow(_STREAM_VERSION, stream_id)
         return 0 if row is None else int(row[0])
 
-    async def _own_writes_readable(self) -> None:
-        # Read-your-writes for this store's own appends: a transaction that is older than the
-        # last append and still in flight (anywhere in the cluster) holds the fence back for
-        # a moment. Wait for it, briefly and only when there is something of ours to see.
-        if self._own_tx <= self._settled_tx:
-            return
+    async def _fenced(
+        self, query: str, *params: Any, done: Callable[[list[asyncpg.Record]], bool]
+    ) -> list[asyncpg.Record]:
+        """Run a log query; while this store's own earlier appends are behind its fence, rerun.
+
+        Read-your-writes: a transaction older than our last append and still in flight
+        (anywhere in the cluster) holds the fence back for a moment. Only appends that
+        returned before this call are waited for (at most ``_OWN_WRITES_WAIT``), and the
+        query reports its own fence, so a call with nothing to wait for costs one round trip.
+        """
+        target = self._own_tx
+        rows = await self.db.fetch(query, *params)
+        if target <= self._settled_tx or done(rows):
+            return rows
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _OWN_WRITES_WAIT
         delay = _REPOLL_MIN
         while True:
-            row = await self.db.fetchrow(_FENCE_NOW)
-            target = self._own_tx
-            if row is not None and int(row[0]) > target:
+            if rows and rows[0]["fence"] > target:
                 self._settled_tx = max(self._settled_tx, target)
-                return
-            if loop.time() >= deadline:
-                return
-            await asyncio.sleep(delay)
+                return rows
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return rows
+            await self._fence_may_move(self._wakeup, min(delay, remaining))
             delay = min(delay * 2, _REPOLL_MAX)
+            rows = await self.db.fetch(query, *params)
+
+    async def _fence_may_move(self, wakeup: asyncio.Event, timeout: float) -> None:
+        # The fence moves when an older transaction ends. Ours end with a wake-up; others'
+        # (other processes, rollbacks, read-model batches) are caught by the timer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout)
 
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        def full(rows: list[asyncpg.Record]) -> bool:
+            # Our own appends are only waited for when the page is short and does not already
+            # reach them.
+            last = rows[-1]["transaction_id"] if rows else None
+            return len(rows) >= limit or (last is not None and last >= self._own_tx)
+
         params = (str(after.transaction_id), after.position, limit)
-        rows = await self.db.fetch(_READ_ALL, *params)
-        if len(rows) < limit and self._own_tx > self._settled_tx:
-            # A short page while our own append may still be behind the fence: wait for it.
-            await self._own_writes_readable()
-            rows = await self.db.fetch(_READ_ALL, *params)
-        return [_record(row) for row in rows]
+        rows = await self._fenced(_READ_ALL, *params, done=full)
+        return [_record(row) for row in rows if row["position"] is not None]
 
     async def head(self) -> LogPosition:
-        await self._own_writes_readable()
-        row = await self.db.fetchrow(_HEAD)
-        return LOG_START if row is None else LogPosition(row[0], row[1])
+        rows = await self._fenced(_HEAD, done=_never)
+        row = rows[0]
+        return LOG_START if row["position"] is None else LogPosition(row[1], row[2])
 
     async def count_after(self, after: LogPosition) -> int:
-        await self._own_writes_readable()
-        row = await self.db.fetchrow(_COUNT_AFTER, str(after.transaction_id), after.position)
-        return 0 if row is None else int(row[0])
+        params = (str(after.transaction_id), after.position)
+        rows = await self._fenced(_COUNT_AFTER, *params, done=_never)
+        return int(rows[0]["n"])
 
     async def _probe(self, after: LogPosition) -> tuple[bool, bool]:
         row = await self.db.fetchrow(_PROBE, str(after.transaction_id), after.position)
@@ -325,8 +370,9 @@ class PostgresEventStore:
             if remaining <= 0:
                 return False
             if committed:
-                # Committed after ``after`` but an older transaction holds the fence: re-poll.
-                await asyncio.sleep(min(repoll, remaining))
+                # Committed after ``after`` but an older transaction holds the fence: look
+                # again when one of ours ends, or after a short re-poll delay.
+                await self._fence_may_move(wakeup, min(repoll, remaining))
                 repoll = min(repoll * 2, _REPOLL_MAX)
                 continue
             wait = remaining if self._listener.connected else min(_FALLBACK_POLL, remaining)
@@ -343,6 +389,10 @@ class PostgresEventStore:
                 await asyncio.wait_for(task, 2.0)
         await self._listener.close()
         await self.db.close()
+
+
+def _never(rows: list[asyncpg.Record]) -> bool:
+    return False
 
 
 class _Arrays:
