@@ -278,7 +278,7 @@ class RedisQueryCache:
             await asyncio.sleep(max(delay, self._down_until - time.monotonic()))
             if await self._flush():
                 return
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 5.0)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
