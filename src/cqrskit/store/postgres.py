@@ -372,14 +372,11 @@ class PostgresEventStore:
             await asyncio.wait_for(wakeup.wait(), timeout)
 
     async def read_all(self, *, after: LogPosition, limit: int) -> list[RecordedEvent]:
-        def full(rows: list[asyncpg.Record]) -> bool:
-            # Our own appends are only waited for when the page is short and does not already
-            # reach them.
-            last = rows[-1]["transaction_id"] if rows else None
-            return len(rows) >= limit or (last is not None and last >= self._own_tx)
-
+        # Only an empty page waits for our own appends, and only until something is readable:
+        # a reader that stops at its first empty page (catch-up) still sees every append that
+        # returned before it, while a page that has events is never held back for later ones.
         params = (str(after.transaction_id), after.position, limit)
-        rows = await self._fenced(_READ_ALL, *params, done=full)
+        rows = await self._fenced(_READ_ALL, *params, done=_has_events)
         return [_record(row) for row in rows if row["position"] is not None]
 
     async def head(self) -> LogPosition:
@@ -432,6 +429,10 @@ class PostgresEventStore:
 
 def _never(rows: list[asyncpg.Record]) -> bool:
     return False
+
+
+def _has_events(rows: list[asyncpg.Record]) -> bool:
+    return rows[0]["position"] is not None
 
 
 class _Arrays:
