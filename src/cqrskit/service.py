@@ -3,8 +3,10 @@
 An application describes itself once as a :class:`Service` (its projections, its handler
 registration, its HTTP routers, optional demo data). :class:`Runtime` opens the backend named
 by the settings, builds the buses and one :class:`~cqrskit.projections.runner.ProjectionRunner`
-per projection, and runs them. ``cqrskit serve``, ``cqrskit worker`` and the other CLI
-commands all start from a runtime.
+per projection, and runs them. Each runner's post-commit hook feeds the
+:class:`~cqrskit.consistency.CheckpointWatch` that consistent queries wait on and, with
+``CQRSKIT_REDIS_URL``, the :class:`~cqrskit.read_models.cache.RedisQueryCache`.
+``cqrskit serve``, ``cqrskit worker`` and the other CLI commands all start from a runtime.
 """
 
 from __future__ import annotations
