@@ -12,7 +12,7 @@ from cqrskit.errors import ConcurrencyError, OperationalError
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
 from cqrskit.store.mapper import deserialize, serialize
-from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
+from cqrskit.store.protocol import ANY_VERSION, NO_STREAM, AppendResult, StreamAppend
 
 __all__ = ["SCHEMA", "SQLiteEventStore"]
 
@@ -76,15 +76,21 @@ def _fetch_tuples(conn: sqlite3.Connection, query: str, params: tuple[Any, ...])
 def _insert(conn: sqlite3.Connection, plan: list[_Planned]) -> list[list[tuple[int, int]]]:
     out = []
     for stream_id, expected, prepared, _ in plan:
-        current = conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
-        if expected != ANY_VERSION and expected != current:
-            raise ConcurrencyError(stream_id, expected, current)
+        if expected == NO_STREAM and prepared:
+            # A new stream's first event is version 1, and the (stream_id, version) index
+            # refuses it when the stream exists: no version read needed.
+            current = 0
+        else:
+            current = conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
+            if expected != ANY_VERSION and expected != current:
+                raise ConcurrencyError(stream_id, expected, current)
         placed = []
         for version, row in enumerate(prepared, start=current + 1):
             try:
                 position = conn.execute(_INSERT, (*row, version)).lastrowid
             except sqlite3.IntegrityError:
-                raise ConcurrencyError(stream_id, expected, current) from None
+                actual = conn.execute(_CURRENT_VERSION, (stream_id,)).fetchone()[0]
+                raise ConcurrencyError(stream_id, expected, actual) from None
             if position is None:  # only for statements that insert no row
                 raise OperationalError("SQLite reported no row id for an inserted event")
             placed.append((position, version))
