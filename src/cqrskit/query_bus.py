@@ -138,13 +138,36 @@ class QueryBus:
         """Every registration, by query type."""
         return dict(self._registrations)
 
-    async def dispatch(self, query: Query, result_type: type[R]) -> R:
+    async def dispatch(
+        self, query: Query, result_type: type[R], *, at: LogPosition | None = None
+    ) -> R:
         """Answer ``query``; ``result_type`` is the handler's declared result, checked.
 
-        Raises :class:`~cqrskit.errors.NoHandlerFoundError` for an unregistered type.
+        ``at`` does not wait: it tells middleware (the cache) that the answer must include
+        that position, as after :meth:`wait_for`. Raises
+        :class:`~cqrskit.errors.NoHandlerFoundError` for an unregistered type.
         """
         self._registered(query)
-        return self._checked(query, await self._call(query), result_type)
+        reset = _required.set(at)
+        try:
+            result = await self._call(query)
+        finally:
+            _required.reset(reset)
+        return self._checked(query, result, result_type)
+
+    async def wait_for(
+        self, query: Query, position: LogPosition, *, timeout: float | None = None
+    ) -> bool:
+        """Wait (bounded) until the projections ``query`` reads have applied ``position``.
+
+        Returns whether they did. ``timeout`` is capped at ``max_wait`` (the default).
+        Raises ``RuntimeError`` when the bus has no checkpoint waiter.
+        """
+        registration = self._registered(query)
+        if self.checkpoints is None:
+            raise RuntimeError("this query bus has no checkpoint waiter")
+        limit = self.max_wait if timeout is None else min(max(timeout, 0.0), self.max_wait)
+        return await self.checkpoints.wait(registration.reads, position, limit)
 
     async def dispatch_consistent(
         self,
@@ -154,22 +177,13 @@ class QueryBus:
         *,
         timeout: float | None = None,
     ) -> Answer[R]:
-        """Wait (bounded) until the query's projections reach ``position``, then answer.
+        """:meth:`wait_for` ``position``, then answer, saying whether the wait ran out.
 
-        ``timeout`` is capped at ``max_wait`` (the default). Raises ``RuntimeError`` when
-        the bus has no checkpoint waiter, and what :meth:`dispatch` raises.
+        Raises what :meth:`wait_for` and :meth:`dispatch` raise.
         """
-        registration = self._registered(query)
-        if self.checkpoints is None:
-            raise RuntimeError("this query bus has no checkpoint waiter")
-        limit = self.max_wait if timeout is None else min(max(timeout, 0.0), self.max_wait)
-        reached = await self.checkpoints.wait(registration.reads, position, limit)
-        reset = _required.set(position)
-        try:
-            result = await self._call(query)
-        finally:
-            _required.reset(reset)
-        return Answer(self._checked(query, result, result_type), stale=not reached)
+        reached = await self.wait_for(query, position, timeout=timeout)
+        result = await self.dispatch(query, result_type, at=position)
+        return Answer(result, stale=not reached)
 
     def _registered(self, query: Query) -> Registration:
         registration = self._registrations.get(type(query))

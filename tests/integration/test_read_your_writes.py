@@ -21,7 +21,7 @@ from cqrskit.messages import LogPosition
 from cqrskit.read_models.protocol import CheckpointRow, ReadModelStore, Sql, Statement
 from cqrskit.service import Runtime
 from orders.service import service as orders_service
-from tests.integration.http_server import Served, serve
+from tests.integration.http_server import DEADLINE_SECONDS, Served, serve
 
 API = "/api/v1"
 ADDRESS = {"street": "1 Canal Street", "city": "Amsterdam", "postal_code": "1011", "country": "NL"}
@@ -125,6 +125,12 @@ async def test_reads_wait_for_projections_running_in_another_runtime(database_ur
             await worker.close()
 
 
+async def committed(api: Served, projection: str, token: str) -> None:
+    """Wait (up to the test deadline, not a query's limit) until ``projection`` has ``token``."""
+    position = LogPosition.parse(token)
+    assert await api.runtime.checkpoints.wait((projection,), position, DEADLINE_SECONDS)
+
+
 class StalledReadModels:
     """A read-model store whose commits wait until ``gate`` is set (everything else passes)."""
 
@@ -169,6 +175,8 @@ async def test_stalled_projection_answers_old_data_marked_stale(database_url: st
         product = products[0]
         created = await place_order(api.client, customers[0], product)
         order_id = created["order_id"]
+        # The server's 0.5 s limit is for the stalled reads below; this one must not be stale.
+        await committed(api, "order_detail", created["consistency_token"])
         first = await api.client.get(
             f"{API}/orders/{order_id}",
             headers={"X-Consistency-Token": created["consistency_token"]},
@@ -199,11 +207,22 @@ async def test_stalled_projection_answers_old_data_marked_stale(database_url: st
         assert body["id"] == order_id
 
         # Other projections are not stalled: a query reading one of them is consistent.
+        await committed(api, "customer_orders", token)
         listing = await api.client.get(
             f"{API}/customers/{customers[0]}/orders", headers={"X-Consistency-Token": token}
         )
         assert listing.headers["x-consistency"] == "consistent"
         assert "stale" not in listing.json()
+
+        # An order the stalled projection has not seen: 404, and the answer says why.
+        unseen = await place_order(api.client, customers[0], product)
+        missing = await api.client.get(
+            f"{API}/orders/{unseen['order_id']}",
+            headers={"X-Consistency-Token": unseen["consistency_token"]},
+        )
+        assert missing.status_code == 404, missing.text
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert missing.headers["x-consistency"] == "stale"
 
         plain = await api.client.get(f"{API}/orders/{order_id}")
         assert "x-consistency" not in plain.headers
@@ -219,7 +238,7 @@ async def test_stalled_projection_answers_old_data_marked_stale(database_url: st
         assert "stale" not in fresh.json()
         metrics = (await api.client.get("/metrics")).text
         reads = "cqrskit_consistent_reads_total"
-        assert sample(metrics, reads, query="GetOrderById", outcome="stale") == 1
+        assert sample(metrics, reads, query="GetOrderById", outcome="stale") == 2
 
 
 @pytest.mark.parametrize(

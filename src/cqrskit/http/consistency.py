@@ -10,7 +10,8 @@ first waits until the projections it reads have applied that position, for at mo
 - ``X-Consistency: stale``: the wait ran out; the answer is the data the read models have,
   and a JSON object answer also gets a top-level ``"stale": true`` member.
 
-Without a token nothing waits and no ``X-Consistency`` header is sent. A malformed token or
+An error answer after a wait (a 404: the order may not be projected *yet*) carries the same
+header. Without a token nothing waits and no ``X-Consistency`` header is sent. A malformed token or
 timeout is a 422 problem. Answers are otherwise exactly the route's response model.
 """
 
@@ -23,8 +24,10 @@ from fastapi import Query as QueryParam
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, StringConstraints
 
+from cqrskit.errors import CqrskitError
 from cqrskit.http.app import get_runtime
 from cqrskit.http.metrics import Metrics
+from cqrskit.http.problems import error_problem
 from cqrskit.messages import LogPosition, Query
 from cqrskit.service import Runtime
 
@@ -55,11 +58,13 @@ class QueryAnswerer:
 
     def __init__(
         self,
+        request: Request,
         runtime: Runtime,
         metrics: Metrics,
         position: LogPosition | None,
         timeout: float | None,
     ) -> None:
+        self._request = request
         self._runtime = runtime
         self._metrics = metrics
         self.position = position
@@ -74,17 +79,22 @@ class QueryAnswerer:
         if self.position is None:
             result = await bus.dispatch(query, result_type)
             return Response(result.model_dump_json(), media_type="application/json")
-        answer = await bus.dispatch_consistent(
-            query, result_type, self.position, timeout=self.timeout
-        )
-        state = "stale" if answer.stale else "consistent"
+        reached = await bus.wait_for(query, self.position, timeout=self.timeout)
+        state = "consistent" if reached else "stale"
         self._metrics.consistent_reads.labels(type(query).__name__, state).inc()
         headers = {CONSISTENCY_STATE_HEADER: state}
-        if not answer.stale:
+        try:
+            result = await bus.dispatch(query, result_type, at=self.position)
+        except CqrskitError as exc:
+            # A 404 after a wait that ran out may just not be there *yet*: say so.
+            problem = await error_problem(self._request, exc)
+            problem.headers.update(headers)
+            return problem
+        if reached:
             return Response(
-                answer.result.model_dump_json(), media_type="application/json", headers=headers
+                result.model_dump_json(), media_type="application/json", headers=headers
             )
-        body: Any = answer.result.model_dump(mode="json")
+        body: Any = result.model_dump(mode="json")
         if isinstance(body, dict):
             body["stale"] = True
         return JSONResponse(body, headers=headers)
@@ -104,6 +114,7 @@ def get_queries(
     tokens = [LogPosition.parse(t) for t in (x_consistency_token, consistent_with) if t]
     limits = [t for t in (x_consistency_timeout, consistency_timeout) if t is not None]
     return QueryAnswerer(
+        request,
         get_runtime(request),
         metrics,
         max(tokens) if tokens else None,

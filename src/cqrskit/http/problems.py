@@ -46,6 +46,7 @@ __all__ = [
     "MAX_REPORTED_ERRORS",
     "PROBLEM_JSON",
     "RETRY_AFTER_SECONDS",
+    "error_problem",
     "install_problem_handlers",
     "problem",
     "status_for",
@@ -140,6 +141,11 @@ async def _cqrskit_error(request: Request, exc: Exception) -> JSONResponse:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     return await _unhandled(request, exc)
+
+
+async def error_problem(request: Request, exc: CqrskitError) -> JSONResponse:
+    """The problem response the handlers give ``exc`` (for routes that add headers to it)."""
+    return await _cqrskit_error(request, exc)
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
