@@ -122,27 +122,33 @@ class ProjectionRunner:
     ) -> LogPosition:
         """Apply pages until the log is drained; return the final checkpoint.
 
-        The next page is read while the current one commits (different connections and
-        threads), so reading, applying and the commit's flush overlap. A page read during
-        the commit may come back short or empty (on PostgreSQL the commit itself holds the
-        visibility fence back); an empty one is read again after the commit before the log
-        counts as drained.
+        The log counts as drained at the first page shorter than the batch: nothing more was
+        readable when it was read (events committed after that wake the live runner again).
+        After a full page the next one is read while the current one commits (different
+        connections and threads), so reading, applying and the commit's flush overlap. That
+        read may come back empty because the commit was in flight (on PostgreSQL the commit
+        itself holds the visibility fence back), so an empty one is repeated after the commit.
         """
         limit = limit or self.batch_size
         checkpoint = await self.read_models.checkpoint(self.name)
         self.status.checkpoint = checkpoint
         page = await self.store.read_all(after=checkpoint, limit=limit)
         while page:
-            after = page[-1].position
-            ahead = asyncio.ensure_future(self.store.read_all(after=after, limit=limit))
+            ahead = None
+            if len(page) >= limit:
+                after = page[-1].position
+                ahead = asyncio.ensure_future(self.store.read_all(after=after, limit=limit))
             try:
                 checkpoint = await self._apply_page(checkpoint, page)
             except BaseException:
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
                 raise
             if progress is not None:
                 progress(checkpoint, self.status.events_applied)
+            if ahead is None:
+                break
             page = await ahead
             if not page:
                 page = await self.store.read_all(after=checkpoint, limit=limit)
