@@ -102,7 +102,7 @@ async def ensure_stream(js: JetStreamContext, name: str, wanted: StreamConfig) -
     except NotFoundError:
         return await js.add_stream(wanted)
     current = info.config
-    if current.storage is not StorageType.FILE:
+    if current.storage not in (StorageType.FILE, StorageType.FILE.value):
         _log.warning("stream %s uses %s storage, not file storage", name, current.storage)
     if (
         set(current.subjects or ()) != set(wanted.subjects or ())
@@ -136,3 +136,14 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds`` unless ``stop`` is set first."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+def check_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled but the cancellation got lost.
+
+    On Python 3.11 ``asyncio.wait_for`` (used inside nats-py's fetch) can swallow a
+    cancellation that arrives just as its inner future completes; the task still counts it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -38,7 +38,7 @@ from cqrskit.errors import CqrskitError, ProjectionError
 from cqrskit.messages import LogPosition
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.runner import ProjectionState, RunnerStatus
-from cqrskit.publish._jetstream import Connection, pause
+from cqrskit.publish._jetstream import Connection, check_cancelled, pause
 from cqrskit.publish.message import check_subject_prefix, decode_event
 from cqrskit.read_models.protocol import ReadModelStore, Statement
 
@@ -61,6 +61,7 @@ class JetStreamConsumer:
         subject_prefix: str = "cqrskit.events",
         batch_size: int = 200,
         ack_wait: float = 30.0,
+        max_ack_pending: int = 1000,
         gap_delay: float = 0.5,
         fetch_timeout: float = 1.0,
         connect_timeout: float = 2.0,
@@ -75,6 +76,7 @@ class JetStreamConsumer:
         self.name = f"nats:{durable}"
         self.batch_size = batch_size
         self.ack_wait = ack_wait
+        self.max_ack_pending = max_ack_pending
         self.gap_delay = gap_delay
         self.fetch_timeout = fetch_timeout
         self.connect_timeout = connect_timeout
@@ -114,7 +116,7 @@ class JetStreamConsumer:
                     deliver_policy=DeliverPolicy.ALL,
                     ack_wait=self.ack_wait,
                     max_deliver=-1,
-                    max_ack_pending=self.batch_size * 4,
+                    max_ack_pending=max(self.max_ack_pending, self.batch_size),
                 ),
             )
         except BaseException:
@@ -141,39 +143,52 @@ class JetStreamConsumer:
         return await self.handle(messages)
 
     async def handle(self, messages: Sequence[Msg]) -> int:
-        """Apply a fetched batch in stream order, commit it with the checkpoint, then ack."""
+        """Apply a fetched batch in stream order, commit it with the checkpoint, then ack.
+
+        Messages after a gap or after a failing one are negatively acknowledged and come
+        back later; the applied prefix is committed either way. A handler's error is raised
+        after that.
+        """
         expected = await self.read_models.checkpoint(self.name)
         last = expected.position
         statements: list[Statement] = []
         done: list[Msg] = []
         later: list[Msg] = []
-        try:
-            for message in messages:
-                sequence = message.metadata.sequence.stream
-                if sequence <= last:
-                    done.append(message)
-                elif sequence == last + 1 and not later:
+        failure: ProjectionError | None = None
+        for message in messages:
+            sequence = message.metadata.sequence.stream
+            if sequence <= last:
+                done.append(message)
+                continue
+            if sequence == last + 1 and not later:
+                try:
                     statements.extend(self._statements(message))
+                except ProjectionError as exc:
+                    failure = exc
+                else:
                     last = sequence
                     done.append(message)
-                else:
-                    later.append(message)
-            applied = last - expected.position
-            if applied:
+                    continue
+            later.append(message)
+        moved = last - expected.position
+        if moved:
+            try:
                 await self.read_models.commit(
                     self.name, statements, expected=expected, position=LogPosition(0, last)
                 )
-        except BaseException:
-            for message in messages:
-                await self._nak(message, None)
-            raise
+            except BaseException:
+                for message in messages:
+                    await self._nak(message, None)
+                raise
         for message in done:
             await self._ack(message)
         for message in later:
             await self._nak(message, self.gap_delay)
         self.status.checkpoint = LogPosition(0, last)
-        self.status.events_applied += applied
-        return applied
+        self.status.events_applied += moved
+        if failure is not None:
+            raise failure
+        return moved
 
     def _statements(self, message: Msg) -> list[Statement]:
         try:
@@ -203,7 +218,9 @@ class JetStreamConsumer:
         try:
             while not stop.is_set():
                 try:
+                    check_cancelled()
                     await self.consume()
+                    check_cancelled()
                     self.status.state = ProjectionState.RUNNING
                     self.status.last_error = None
                     backoff = 0.05
@@ -220,7 +237,8 @@ class JetStreamConsumer:
                     _log.warning(
                         "%s: %s (retry in %.2fs)", self.name, self.status.last_error, backoff
                     )
-                    await self.disconnect()
+                    if not isinstance(exc, ProjectionError):
+                        await self.disconnect()  # a handler's failure keeps the connection
                     await pause(stop, backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:

@@ -31,6 +31,7 @@ from cqrskit.messages import LogPosition, RecordedEvent
 from cqrskit.projections.runner import ProjectionState, RunnerStatus
 from cqrskit.publish._jetstream import (
     Connection,
+    check_cancelled,
     ensure_stream,
     pause,
     stream_config,
@@ -179,7 +180,9 @@ class NatsPublisher:
         try:
             while not stop.is_set():
                 try:
+                    check_cancelled()
                     checkpoint = await self.publish_pending()
+                    check_cancelled()
                     self.status.state = ProjectionState.RUNNING
                     self.status.last_error = None
                     backoff = 0.05
