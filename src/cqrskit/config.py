@@ -35,3 +35,11 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="cqrskit", min_length=1, max_length=100)
     cache_ttl: float = Field(default=300.0, gt=0, le=86_400)
     cache_timeout: float = Field(default=0.25, gt=0, le=10)
+    nats_url: str | None = None
+    """Turns on publishing integration events to NATS JetStream (``nats://host:4222``)."""
+    nats_stream: str = Field(default="CQRSKIT_EVENTS", pattern=r"^[A-Za-z0-9_\-]{1,100}$")
+    nats_subject_prefix: str = Field(
+        default="cqrskit.events", pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length=200
+    )
+    nats_duplicate_window: float = Field(default=120.0, gt=0, le=7 * 86_400)
+    """Seconds JetStream drops a republished event id (the stream's ``duplicate_window``)."""

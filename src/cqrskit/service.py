@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus
@@ -30,6 +30,9 @@ from cqrskit.projections.status import ProjectionLag, projection_lag
 from cqrskit.query_bus import QueryBus
 from cqrskit.read_models.cache import RedisQueryCache
 from cqrskit.read_models.protocol import ReadModelStore
+
+if TYPE_CHECKING:
+    from cqrskit.publish.nats import NatsPublisher
 
 __all__ = ["Runtime", "Service"]
 
@@ -62,6 +65,8 @@ class Runtime:
     runners: dict[str, ProjectionRunner]
     checkpoints: CheckpointWatch
     query_cache: RedisQueryCache | None = None
+    publisher: NatsPublisher | None = None
+    """Publishes integration events to NATS JetStream (when ``settings.nats_url`` is set)."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -100,6 +105,8 @@ class Runtime:
                 listeners=[*listeners, watch],
             )
         runtime = cls(service, settings, backend, command_bus, query_bus, runners, watch, cache)
+        if settings.nats_url:
+            runtime.publisher = _nats_publisher(settings.nats_url, settings, backend)
         if settings.migrate:
             await runtime.migrate()
         return runtime
@@ -115,6 +122,10 @@ class Runtime:
         self.checkpoints.attach(self.runners)
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
+        if self.publisher is not None:
+            # Its own checkpoint: rebuilding a projection never rewinds it or republishes.
+            publisher = self.publisher
+            self._tasks.append(asyncio.create_task(publisher.run(self._stop), name=publisher.name))
 
     async def catch_up(self, until: LogPosition | None = None, timeout: float = 30.0) -> None:
         """Apply pending events to every projection in this task (no background runners).
@@ -136,10 +147,11 @@ class Runtime:
             await self.backend.store.wait_for_events(min(behind), min(remaining, 0.05))
 
     async def lag(self) -> list[ProjectionLag]:
-        """Measure each projection against the head of the log."""
-        return await projection_lag(
-            self.backend.store, self.backend.read_models, list(self.runners)
-        )
+        """Measure each projection (and the NATS publisher, if any) against the log's head."""
+        names = list(self.runners)
+        if self.publisher is not None:
+            names.append(self.publisher.name)
+        return await projection_lag(self.backend.store, self.backend.read_models, names)
 
     async def close(self) -> None:
         """Stop projection tasks and close the backend."""
@@ -181,3 +193,18 @@ def _query_cache(
     )
     query_bus.use(cache)
     return cache, cached
+
+
+def _nats_publisher(url: str, settings: Settings, backend: Backend) -> NatsPublisher:
+    from cqrskit.publish.nats import NatsPublisher
+
+    return NatsPublisher(
+        backend.store,
+        backend.read_models,
+        url=url,
+        stream=settings.nats_stream,
+        subject_prefix=settings.nats_subject_prefix,
+        duplicate_window=settings.nats_duplicate_window,
+        batch_size=settings.projection_batch_size,
+        poll_interval=settings.projection_poll_interval,
+    )

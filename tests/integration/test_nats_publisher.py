@@ -24,9 +24,15 @@ import nats
 import pytest
 
 from cqrskit.backend import Backend, open_backend
+from cqrskit.command_bus import CommandBus
+from cqrskit.config import Settings
 from cqrskit.messages import LOG_START, DomainEvent, LogPosition, utc_now
+from cqrskit.projections.projection import Projection, on
 from cqrskit.projections.runner import ProjectionState
 from cqrskit.publish import NatsPublisher, decode_event, event_subject
+from cqrskit.query_bus import QueryBus
+from cqrskit.read_models.protocol import ReadModelStore, Statement, sql
+from cqrskit.service import Runtime, Service
 from cqrskit.store.protocol import ANY_VERSION, StreamAppend
 from tests.integration.nats_server import NatsServer, free_port, running_nats
 
@@ -342,3 +348,58 @@ async def test_unreachable_nats_at_start_is_retried_without_moving_the_checkpoin
         assert_each_event_once_in_order(
             await all_events(backend), await stream_contents(server.url)
         )
+
+
+class Steps(Projection):
+    """Counts events per aggregate stream (for the runtime test)."""
+
+    name = "tests_nats_steps"
+    schema = (
+        sql(
+            "CREATE TABLE IF NOT EXISTS tests_nats_steps ("
+            " stream_id TEXT PRIMARY KEY, events INTEGER NOT NULL)"
+        ),
+    )
+    truncate = (sql("DELETE FROM tests_nats_steps"),)
+
+    @on(Moved)
+    def _moved(self, event: Moved) -> Iterator[Statement]:
+        yield _STEP(event.stream_id)
+
+
+_STEP = sql(
+    "INSERT INTO tests_nats_steps (stream_id, events) VALUES ($1, 1)"
+    " ON CONFLICT (stream_id) DO UPDATE SET events = tests_nats_steps.events + 1"
+)
+
+
+async def test_runtime_publishes_when_nats_url_is_set_and_rebuilds_never_republish(
+    database_url: str, server: NatsServer
+) -> None:
+    service = Service(title="nats test", projections=lambda: [Steps()], register=_no_handlers)
+    settings = Settings(
+        database_url=database_url, nats_url=server.url, projection_poll_interval=0.05
+    )
+    runtime = await Runtime.open(service, settings)
+    try:
+        assert runtime.publisher is not None
+        await append_events(runtime.backend, random.Random(5), 120, streams=4)
+        runtime.start_projections()
+        published = await wait_published(runtime.backend)
+        lags = {lag.name: lag for lag in await runtime.lag()}
+        assert lags["publisher:nats"].position == published
+        assert lags["publisher:nats"].lag_events == 0
+
+        await runtime.runners["tests_nats_steps"].rebuild()
+        assert await runtime.backend.read_models.checkpoint("publisher:nats") == published
+        await append_events(runtime.backend, random.Random(6), 30, streams=4)
+        await wait_published(runtime.backend)
+        events = await all_events(runtime.backend)
+    finally:
+        await runtime.close()
+    assert len(events) == 150
+    assert_each_event_once_in_order(events, await stream_contents(server.url))
+
+
+def _no_handlers(commands: CommandBus, queries: QueryBus, read_models: ReadModelStore) -> None:
+    return None
