@@ -76,6 +76,14 @@ class Runtime:
         backend = await open_backend(
             settings.database_url, migrate=settings.migrate, pool_size=settings.pool_size
         )
+        try:
+            return await cls._wire(service, settings, backend)
+        except BaseException:
+            await backend.close()
+            raise
+
+    @classmethod
+    async def _wire(cls, service: Service, settings: Settings, backend: Backend) -> Runtime:
         command_bus = CommandBus(
             backend.store,
             [log_messages(), retry_on_conflict(settings.command_retries)],
