@@ -24,6 +24,7 @@ from cqrskit.errors import NoHandlerFoundError
 from cqrskit.messages import Command, LogPosition, RecordedEvent
 from cqrskit.middleware import Middleware, Next, chain
 from cqrskit.repository import AggregateCache, Repository
+from cqrskit.snapshots import Snapshotter
 from cqrskit.store.protocol import EventStore
 
 __all__ = ["CommandBus", "CommandHandler", "CommandResult"]
@@ -56,6 +57,7 @@ class CommandBus:
         middleware: Sequence[Middleware] = (),
         *,
         aggregate_cache_size: int = 0,
+        snapshots: Snapshotter | None = None,
     ) -> None:
         self._store = store
         self._handlers: dict[type[Command], CommandHandler[Any]] = {}
@@ -63,6 +65,7 @@ class CommandBus:
         self.cache: AggregateCache | None = (
             AggregateCache(aggregate_cache_size) if aggregate_cache_size > 0 else None
         )
+        self.snapshots = snapshots
 
     def register(self, command_type: type[C], handler: CommandHandler[C]) -> None:
         """Register the one handler for ``command_type``; a second registration is an error."""
@@ -93,7 +96,7 @@ class CommandBus:
     async def _execute(self, command: Command) -> CommandResult:
         handler = self._handlers[type(command)]
         for attempt in range(1, _STALE_REDECISIONS + 2):
-            repository = Repository(self._store, self.cache)
+            repository = Repository(self._store, self.cache, snapshots=self.snapshots)
             try:
                 await handler(command, repository)
                 break

@@ -23,6 +23,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from cqrskit.aggregate import Aggregate
 from cqrskit.errors import NotFound
 from cqrskit.messages import Command, EventMetadata
+from cqrskit.snapshots import Snapshotter
 from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
 
 __all__ = ["AggregateCache", "Repository", "event_id_for"]
@@ -101,11 +102,22 @@ class AggregateCache:
 
 
 class Repository:
-    """Unit of work over an :class:`~cqrskit.store.protocol.EventStore`, optionally cached."""
+    """Unit of work over an :class:`~cqrskit.store.protocol.EventStore`, optionally cached.
 
-    def __init__(self, store: EventStore, cache: AggregateCache | None = None) -> None:
+    With a :class:`~cqrskit.snapshots.Snapshotter`, loads start from the stream's snapshot
+    (when it is usable) and saves write a new one when a stream crosses its interval.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        cache: AggregateCache | None = None,
+        *,
+        snapshots: Snapshotter | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
+        self._snapshots = snapshots
         self._tracked: dict[str, Aggregate] = {}
         self._cached_reads: dict[str, int] = {}
 
@@ -124,13 +136,32 @@ class Repository:
                 self._tracked[stream_id] = cached
                 self._cached_reads[stream_id] = cached.version
                 return cached
-        events = await self._store.read_stream(stream_id)
-        if not events:
-            return None
-        aggregate = cls.rehydrate(aggregate_id, events)
+        aggregate = await self._from_snapshot(cls, aggregate_id)
+        if aggregate is None:
+            events = await self._store.read_stream(stream_id)
+            if not events:
+                return None
+            aggregate = cls.rehydrate(aggregate_id, events)
         if cache is not None:
             cache.put(aggregate)
         self._tracked[stream_id] = aggregate
+        return aggregate
+
+    async def _from_snapshot(self, cls: type[A], aggregate_id: str) -> A | None:
+        # The snapshot's own event is read again: if the log does not hold it (another
+        # history, a truncated store), the snapshot is not used.
+        if self._snapshots is None:
+            return None
+        restored = await self._snapshots.load(cls, aggregate_id)
+        if restored is None:
+            return None
+        aggregate, event_id = restored
+        at = aggregate.version
+        events = await self._store.read_stream(aggregate.stream_id, after_version=at - 1)
+        if not events or events[0].version != at or events[0].event_id != event_id:
+            return None
+        for event in events[1:]:
+            aggregate._apply(event)
         return aggregate
 
     async def load(self, cls: type[A], aggregate_id: str) -> A:
@@ -207,8 +238,11 @@ class Repository:
             if self._cache is not None:
                 self._cache.evict(*self._tracked)
             raise
+        loaded = [(aggregate, aggregate.loaded_version) for aggregate in changed]
         for aggregate in changed:
             aggregate.mark_saved()
             if self._cache is not None:
                 self._cache.put(aggregate)
+        if self._snapshots is not None:
+            await self._snapshots.after_save(loaded, result.events)
         return result
