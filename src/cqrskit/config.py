@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     command_retries: int = Field(default=5, ge=1, le=100)
     aggregate_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
     """Aggregates the command bus keeps in memory per process (0 turns the cache off)."""
+    snapshot_every: int = Field(default=100, ge=0, le=1_000_000)
+    """Snapshot a snapshottable aggregate every N events (0 turns snapshots off)."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "info"
     consistency_timeout: float = Field(default=5.0, ge=0, le=300)

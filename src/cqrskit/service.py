@@ -30,6 +30,7 @@ from cqrskit.projections.status import ProjectionLag, projection_lag
 from cqrskit.query_bus import QueryBus
 from cqrskit.read_models.cache import RedisQueryCache
 from cqrskit.read_models.protocol import ReadModelStore
+from cqrskit.snapshots import Snapshotter, snapshot_store_for
 
 if TYPE_CHECKING:
     from cqrskit.publish.nats import NatsPublisher
@@ -88,6 +89,7 @@ class Runtime:
             backend.store,
             [log_messages(), retry_on_conflict(settings.command_retries)],
             aggregate_cache_size=settings.aggregate_cache_size,
+            snapshots=Snapshotter(snapshot_store_for(backend.store), settings.snapshot_every),
         )
         projections = list(service.projections())
         watch = CheckpointWatch(
@@ -120,7 +122,9 @@ class Runtime:
         return runtime
 
     async def migrate(self) -> None:
-        """Create every projection's tables (idempotent)."""
+        """Create the snapshot table and every projection's tables (idempotent)."""
+        if self.command_bus.snapshots is not None:
+            await self.command_bus.snapshots.store.migrate()
         for runner in self.runners.values():
             await runner.migrate()
 

@@ -34,6 +34,7 @@ __all__ = [
     "SnapshotStore",
     "Snapshotter",
     "snapshot_interval",
+    "snapshot_store_for",
     "snapshottable",
 ]
 
@@ -194,6 +195,23 @@ class Snapshotter:
                 _log.warning(
                     "snapshot of %s not written: %s", aggregate.stream_id, type(exc).__name__
                 )
+
+
+def snapshot_store_for(store: object) -> SnapshotStore:
+    """The snapshot store that lives beside an event store (same database)."""
+    from cqrskit.store.sqlite import SQLiteEventStore
+
+    if isinstance(store, SQLiteEventStore):
+        from cqrskit.store.snapshots_sqlite import SQLiteSnapshotStore
+
+        return SQLiteSnapshotStore(store.db)
+    if type(store).__name__ == "PostgresEventStore":
+        from cqrskit.store.postgres import PostgresEventStore
+        from cqrskit.store.snapshots_postgres import PostgresSnapshotStore
+
+        if isinstance(store, PostgresEventStore):
+            return PostgresSnapshotStore(store.db)
+    return MemorySnapshotStore()
 
 
 def __dir__() -> list[str]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any, ClassVar, Self
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cqrskit.aggregate import Aggregate, applies
 from cqrskit.errors import InvalidState
@@ -113,10 +114,20 @@ class OrderCancelled(DomainEvent):
     reason: str
 
 
+class _OrderState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str
+    status: OrderStatus
+    items: list[OrderLine]
+    shipping_address: Address | None
+
+
 class Order(Aggregate):
-    """An order and its lines."""
+    """An order and its lines (snapshottable)."""
 
     category = "order"
+    snapshot_version: ClassVar[int] = 1
 
     def __init__(self, aggregate_id: str) -> None:
         super().__init__(aggregate_id)
@@ -124,6 +135,27 @@ class Order(Aggregate):
         self.status = OrderStatus.PENDING
         self.items: list[OrderLine] = []
         self.shipping_address: Address | None = None
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state a snapshot stores (JSON-compatible)."""
+        state = _OrderState(
+            customer_id=self.customer_id,
+            status=self.status,
+            items=self.items,
+            shipping_address=self.shipping_address,
+        )
+        return state.model_dump(mode="json")
+
+    @classmethod
+    def from_snapshot(cls, aggregate_id: str, state: dict[str, Any]) -> Self:
+        """Rebuild from :meth:`snapshot_state` output (raises when it does not fit)."""
+        parsed = _OrderState.model_validate(state)
+        order = cls(aggregate_id)
+        order.customer_id = parsed.customer_id
+        order.status = parsed.status
+        order.items = list(parsed.items)
+        order.shipping_address = parsed.shipping_address
+        return order
 
     @property
     def total_amount(self) -> Decimal:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, ClassVar, Self
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cqrskit.aggregate import Aggregate, applies
 from cqrskit.errors import RuleViolation
@@ -77,10 +78,19 @@ class StockReleased(DomainEvent):
     quantity: int
 
 
+class _ProductState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    unit_price: Decimal
+    stock: int
+
+
 class Product(Aggregate):
-    """A product and its available stock."""
+    """A product and its available stock (snapshottable: one StockReserved per order)."""
 
     category = "product"
+    snapshot_version: ClassVar[int] = 1
 
     def __init__(self, aggregate_id: str) -> None:
         super().__init__(aggregate_id)
@@ -98,6 +108,23 @@ class Product(Aggregate):
             ProductAdded(
                 product_id=product_id, name=name, unit_price=unit_price, stock=stock, occurred_at=at
             )
+        )
+        return product
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state a snapshot stores (JSON-compatible)."""
+        state = _ProductState(name=self.name, unit_price=self.unit_price, stock=self.stock)
+        return state.model_dump(mode="json")
+
+    @classmethod
+    def from_snapshot(cls, aggregate_id: str, state: dict[str, Any]) -> Self:
+        """Rebuild from :meth:`snapshot_state` output (raises when it does not fit)."""
+        parsed = _ProductState.model_validate(state)
+        product = cls(aggregate_id)
+        product.name, product.unit_price, product.stock = (
+            parsed.name,
+            parsed.unit_price,
+            parsed.stock,
         )
         return product
 
