@@ -8,15 +8,18 @@ this module: :mod:`cqrskit.http` maps each class to a status.
 from __future__ import annotations
 
 __all__ = [
+    "CommandInProgress",
     "CommandRejected",
     "ConcurrencyError",
     "CqrskitError",
+    "IdempotencyKeyReused",
     "IntegrityError",
     "InvalidState",
     "NoHandlerFoundError",
     "NotFound",
     "OperationalError",
     "PersistenceError",
+    "PreconditionFailed",
     "ProjectionError",
     "RuleViolation",
     "UnknownEventType",
@@ -42,6 +45,30 @@ class ConcurrencyError(CqrskitError):
         self.stream_id = stream_id
         self.expected = expected
         self.current_version = current_version
+
+
+class PreconditionFailed(CqrskitError):
+    """A command named the version it expects an aggregate at, and the aggregate is elsewhere.
+
+    Unlike :class:`ConcurrencyError` this is never retried: the caller decided on a state
+    that no longer holds. Nothing was stored. ``current_version`` is the version found.
+    """
+
+    def __init__(self, stream_id: str, expected: int, current_version: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: expected version {expected}, found {current_version}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.current_version = current_version
+
+
+class IdempotencyKeyReused(CqrskitError):
+    """A command's idempotency key is already recorded for a different request."""
+
+
+class CommandInProgress(CqrskitError):
+    """A command with the same idempotency key is still running; retry later."""
 
 
 class CommandRejected(CqrskitError):

@@ -16,6 +16,7 @@ import pytest
 from cqrskit.aggregate import Aggregate, applies
 from cqrskit.command_bus import CommandBus
 from cqrskit.errors import ConcurrencyError, NotFound, RuleViolation
+from cqrskit.idempotency import CommandRecord
 from cqrskit.messages import LOG_START, Command, DomainEvent
 from cqrskit.middleware import retry_on_conflict
 from cqrskit.repository import AggregateCache, Repository
@@ -97,9 +98,11 @@ class CountingStore(MemoryEventStore):
         self.stream_reads.append(stream_id)
         return await super().read_stream(stream_id, after_version=after_version)
 
-    async def append(self, *streams: StreamAppend) -> AppendResult:
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         self.appends.append(streams)
-        return await super().append(*streams)
+        return await super().append(*streams, command=command)
 
 
 async def set_limit(store: MemoryEventStore, limit_id: str, value: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from uuid import uuid4
 
 from cqrskit.errors import ConcurrencyError
+from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
 from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
@@ -20,10 +21,13 @@ class MemoryEventStore:
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[DomainEvent]] = {}
         self._ids: set[object] = set()
+        self._commands: dict[tuple[str, str], StoredCommand] = {}
         self._notifier = Notifier()
         self._lock = asyncio.Lock()
 
-    async def append(self, *streams: StreamAppend) -> AppendResult:
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         async with self._lock:
             staged: list[DomainEvent] = []
             staged_ids: set[object] = set()
@@ -44,6 +48,8 @@ class MemoryEventStore:
                         event = event.model_copy(update=envelope)
                     staged.append(event)
                 versions[stream_id] = current + len(events)
+            if command is not None and (command.scope, command.key) in self._commands:
+                raise DuplicateCommand(command.scope, command.key)
             now = utc_now()
             recorded = []
             for event in staged:
@@ -53,12 +59,17 @@ class MemoryEventStore:
                 self._streams.setdefault(event.stream_id, []).append(event)
                 self._ids.add(event.event_id)
                 recorded.append(record)
+            if command is not None:
+                self._commands[command.scope, command.key] = StoredCommand(command, recorded)
         if recorded:
             self._notifier.notify()
         return AppendResult(recorded)
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         return list(self._streams.get(stream_id, ())[after_version:])
+
+    async def find_command(self, scope: str, key: str) -> StoredCommand | None:
+        return self._commands.get((scope, key))
 
     async def stream_version(self, stream_id: str) -> int:
         return len(self._streams.get(stream_id, ()))

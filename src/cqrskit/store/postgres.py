@@ -27,6 +27,7 @@ import asyncpg
 from cqrskit._postgres import ANNOUNCE, Listener, PostgresDatabase, translating
 from cqrskit.backend import Backend
 from cqrskit.errors import ConcurrencyError, OperationalError
+from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
 from cqrskit.messages import LOG_START, NIL_UUID, DomainEvent, LogPosition, RecordedEvent
 from cqrskit.store.mapper import deserialize, serialize
 from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
@@ -54,7 +55,8 @@ _APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION cqrskit_append(
     p_streams text[], p_expected int[], p_base int[],
     p_stream int[], p_ids uuid[], p_types text[], p_schemas int[], p_data text[],
-    p_metadata text[], p_occurred timestamptz[], p_offsets int[])
+    p_metadata text[], p_occurred timestamptz[], p_offsets int[],
+    p_scope text, p_key text, p_hash text, p_type text, p_command text)
 RETURNS TABLE (out_event_id uuid, out_position bigint, out_transaction_id bigint,
                out_version int, out_recorded_at timestamptz, out_stream_id text,
                out_expected int)
@@ -89,6 +91,11 @@ BEGIN
                     p_offsets) WITH ORDINALITY AS v(si, id, t, sv, d, m, o, k, n)
         ORDER BY v.n
         RETURNING e.event_id, e.position, e.transaction_id, e.version, e.recorded_at
+    ), rec AS (
+        INSERT INTO commands (scope, key, request_hash, command_type, command, first_position,
+                              last_position)
+        SELECT p_scope, p_key, p_hash, p_type, p_command, min(ins.position), max(ins.position)
+        FROM ins HAVING p_key IS NOT NULL
     )
     SELECT ins.event_id, ins.position, ins.transaction_id::text::bigint, ins.version,
            ins.recorded_at, NULL::text, NULL::int
@@ -117,6 +124,20 @@ SCHEMA = (
     """,
     "CREATE INDEX IF NOT EXISTS events_log_order ON events (transaction_id, position)",
     """
+    CREATE TABLE IF NOT EXISTS commands (
+        scope text NOT NULL,
+        key text NOT NULL,
+        request_hash text NOT NULL,
+        command_type text NOT NULL,
+        command text NOT NULL,
+        transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        first_position bigint,
+        last_position bigint,
+        recorded_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT commands_pkey PRIMARY KEY (scope, key)
+    )
+    """,
+    """
     CREATE TABLE IF NOT EXISTS projection_checkpoints (
         name text PRIMARY KEY,
         transaction_id bigint NOT NULL DEFAULT 0,
@@ -141,7 +162,8 @@ _APPEND = (
     "SELECT out_event_id AS event_id, out_position AS position,"
     " out_transaction_id AS transaction_id, out_version AS version,"
     " out_recorded_at AS recorded_at, out_stream_id AS stream_id, out_expected AS expected"
-    " FROM cqrskit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    " FROM cqrskit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+    " $12, $13, $14, $15, $16)"
 )
 # The common append, one event to one stream, as one plain statement: its snapshot (and so
 # its version read) is taken before the insert assigns the xid, like the function's, with
@@ -161,6 +183,31 @@ SELECT ins.event_id, ins.position, ins.transaction_id::text::bigint AS transacti
 UNION ALL
 SELECT NULL, NULL, NULL, c.v, NULL, $1, $2::int FROM c WHERE NOT ($2::int = -1 OR c.v = $2::int)
 """
+# The same with the command's record, inserted in the same statement once the event is in.
+_APPEND_ONE_RECORDED = _APPEND_ONE.replace(
+    "\nSELECT ins.event_id",
+    """, rec AS (
+    INSERT INTO commands (scope, key, request_hash, command_type, command, first_position,
+                          last_position)
+    SELECT $9, $10, $11, $12, $13, ins.position, ins.position FROM ins
+)
+SELECT ins.event_id""",
+    1,
+)
+_RECORD_ONLY = (
+    "INSERT INTO commands (scope, key, request_hash, command_type, command)"
+    " VALUES ($1, $2, $3, $4, $5)"
+)
+_FIND_COMMAND = (
+    "SELECT c.request_hash, c.command_type, c.command, r.* FROM commands c"
+    " LEFT JOIN LATERAL ("
+    "SELECT e.transaction_id::text::bigint AS transaction_id, e.position, e.recorded_at,"
+    " e.event_id, e.stream_id, e.version, e.event_type, e.schema_version,"
+    " e.data::text AS data, e.metadata::text AS metadata, e.occurred_at FROM events e"
+    " WHERE e.transaction_id = c.transaction_id"
+    " AND e.position BETWEEN c.first_position AND c.last_position"
+    ") r ON true WHERE c.scope = $1 AND c.key = $2 ORDER BY r.position"
+)
 _EVENT_COLUMNS = (
     "e.event_id, e.stream_id, e.version, e.event_type, e.schema_version,"
     " e.data::text AS data, e.metadata::text AS metadata, e.occurred_at"
@@ -252,14 +299,22 @@ class PostgresEventStore:
         wakeup, self._wakeup = self._wakeup, asyncio.Event()
         wakeup.set()
 
-    async def append(self, *streams: StreamAppend) -> AppendResult:
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         if not streams:
+            if command is not None:
+                async with self.db.connection() as conn:
+                    try:
+                        await conn.execute(_RECORD_ONLY, *command)
+                    except asyncpg.UniqueViolationError:
+                        raise DuplicateCommand(command.scope, command.key) from None
             return AppendResult([])
         try:
             for attempt in range(_ANY_VERSION_RETRIES):
                 try:
                     async with self.db.connection() as conn:
-                        result = await self.append_on(conn, *streams)
+                        result = await self.append_on(conn, *streams, command=command)
                     break
                 except _VersionRace:
                     # Nobody asked for a version check: number the events again.
@@ -275,7 +330,9 @@ class PostgresEventStore:
             self.announce()
         return result
 
-    async def append_on(self, conn: Any, *streams: StreamAppend) -> AppendResult:
+    async def append_on(
+        self, conn: Any, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         """Append on a connection the caller owns, inside the caller's transaction if any.
 
         It must be the transaction's first write (versions are read before the xid exists).
@@ -285,10 +342,16 @@ class PostgresEventStore:
         with translating():
             try:
                 if len(arrays.events) == 1 and len(streams) == 1:
-                    rows = await conn.fetch(_APPEND_ONE, *arrays.single())
+                    if command is None:
+                        rows = await conn.fetch(_APPEND_ONE, *arrays.single())
+                    else:
+                        rows = await conn.fetch(_APPEND_ONE_RECORDED, *arrays.single(), *command)
                 else:
-                    rows = await conn.fetch(_APPEND, *arrays.params())
+                    record = (None,) * 5 if command is None else tuple(command)
+                    rows = await conn.fetch(_APPEND, *arrays.params(), *record)
             except asyncpg.UniqueViolationError as exc:
+                if command is not None and exc.constraint_name == "commands_pkey":
+                    raise DuplicateCommand(command.scope, command.key) from None
                 raise _conflict(exc, streams) from None
             except asyncpg.DeadlockDetectedError:
                 # Only with a caller's own earlier writes in the transaction: appends alone
@@ -332,6 +395,14 @@ class PostgresEventStore:
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         rows = await self.db.fetch(_READ_STREAM, stream_id, after_version)
         return [_event(row) for row in rows]
+
+    async def find_command(self, scope: str, key: str) -> StoredCommand | None:
+        rows = await self.db.fetch(_FIND_COMMAND, scope, key)
+        if not rows:
+            return None
+        first = rows[0]
+        record = CommandRecord(scope, key, first[0], first[1], first[2])
+        return StoredCommand(record, [_record(row) for row in rows if row["position"] is not None])
 
     async def stream_version(self, stream_id: str) -> int:
         row = await self.db.fetchrow(_STREAM_VERSION, stream_id)

@@ -13,6 +13,13 @@ Guarantees every adapter keeps (the shipped contract tests in
    position it saw loses nothing and reads nothing twice.
 6. Per stream, the log order is version order.
 7. Event ids are unique across the store.
+8. An append given a ``command`` record stores it in the same transaction as its events
+   (also when there are no events), unique per ``(scope, key)``: when the key is already
+   recorded the append raises :class:`~cqrskit.idempotency.DuplicateCommand` (or, when a
+   version check fails first, :class:`~cqrskit.errors.ConcurrencyError`) and stores nothing.
+   A racing append with the same key waits for the first to end, then fails if it committed.
+9. ``find_command`` returns a committed record with exactly the events its append stored,
+   in log order.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from cqrskit.idempotency import CommandRecord, StoredCommand
 from cqrskit.messages import DomainEvent, LogPosition, RecordedEvent
 
 __all__ = [
@@ -58,7 +66,9 @@ class AppendResult(NamedTuple):
 class EventStore(Protocol):
     """Append-only storage of event streams with a global, gap-safe log."""
 
-    async def append(self, *streams: StreamAppend) -> AppendResult:
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         """Append events to one or several streams in one atomic transaction.
 
         Each stream's events get versions ``current + 1 ...``; when ``expected_version`` is
@@ -67,7 +77,14 @@ class EventStore(Protocol):
         Events whose ``event_id`` is the nil UUID get a fresh one. Raises
         :class:`~cqrskit.errors.OperationalError` when the database is unavailable; in that
         case the outcome is unknown to the caller (retry with the same command id).
+
+        ``command`` is recorded in the same transaction (guarantee 8); an append of no
+        streams with a ``command`` records only the command.
         """
+        ...
+
+    async def find_command(self, scope: str, key: str) -> StoredCommand | None:
+        """Return the command recorded under ``(scope, key)`` with its events, or ``None``."""
         ...
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:

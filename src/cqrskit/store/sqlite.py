@@ -9,6 +9,7 @@ from uuid import uuid4
 
 from cqrskit._sqlite import SQLiteDatabase
 from cqrskit.errors import ConcurrencyError, OperationalError
+from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
 from cqrskit.store.mapper import deserialize, serialize
@@ -32,6 +33,19 @@ SCHEMA = (
         UNIQUE (stream_id, version)
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS commands (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        command_type TEXT NOT NULL,
+        command TEXT NOT NULL,
+        first_position INTEGER,
+        last_position INTEGER,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID
+    """,
 )
 
 _CURRENT_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
@@ -46,6 +60,15 @@ _COLUMNS = (
 )
 _READ_STREAM = f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version"  # noqa: S608
 _READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
+_INSERT_COMMAND = (
+    "INSERT INTO commands (scope, key, request_hash, command_type, command, first_position,"
+    " last_position, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FIND_COMMAND = (
+    "SELECT request_hash, command_type, command, first_position, last_position FROM commands"
+    " WHERE scope = ? AND key = ?"
+)
+_READ_RANGE = f"SELECT {_COLUMNS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position"  # noqa: S608
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 _COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?"
 
@@ -73,7 +96,28 @@ def _fetch_tuples(conn: sqlite3.Connection, query: str, params: tuple[Any, ...])
     return cursor.execute(query, params).fetchall()
 
 
-def _insert(conn: sqlite3.Connection, plan: list[_Planned]) -> list[list[tuple[int, int]]]:
+def _insert(
+    conn: sqlite3.Connection, plan: list[_Planned], command: CommandRecord | None, at: str
+) -> list[list[tuple[int, int]]]:
+    out = _insert_events(conn, plan)
+    if command is not None:
+        positions = [position for placed in out for position, _ in placed]
+        first, last = (min(positions), max(positions)) if positions else (None, None)
+        try:
+            conn.execute(_INSERT_COMMAND, (*command, first, last, at))
+        except sqlite3.IntegrityError:
+            raise DuplicateCommand(command.scope, command.key) from None
+    return out
+
+
+def _find(conn: sqlite3.Connection, scope: str, key: str) -> tuple[_Row | None, list[_Row]]:
+    row = conn.execute(_FIND_COMMAND, (scope, key)).fetchone()
+    if row is None or row[3] is None:
+        return (None if row is None else tuple(row)), []
+    return tuple(row), _fetch_tuples(conn, _READ_RANGE, (row[3], row[4]))
+
+
+def _insert_events(conn: sqlite3.Connection, plan: list[_Planned]) -> list[list[tuple[int, int]]]:
     out = []
     for stream_id, expected, prepared, _ in plan:
         if expected == NO_STREAM and prepared:
@@ -116,7 +160,9 @@ class SQLiteEventStore:
 
         self._known_head = await self.db.write(create)
 
-    async def append(self, *streams: StreamAppend) -> AppendResult:
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
         now = utc_now()
         recorded_at = now.isoformat()
         plan: list[_Planned] = []
@@ -142,7 +188,7 @@ class SQLiteEventStore:
                 stamped.append(event)
             plan.append((stream_id, expected, prepared, stamped))
 
-        placements = await self.db.write(lambda conn: _insert(conn, plan))
+        placements = await self.db.write(lambda conn: _insert(conn, plan, command, recorded_at))
         result = []
         for (stream_id, _, _, stamped), placed in zip(plan, placements, strict=True):
             for event, (position, version) in zip(stamped, placed, strict=True):
@@ -159,6 +205,15 @@ class SQLiteEventStore:
             lambda conn: _fetch_tuples(conn, _READ_STREAM, (stream_id, after_version))
         )
         return [_from_row(row) for row in rows]
+
+    async def find_command(self, scope: str, key: str) -> StoredCommand | None:
+        row, rows = await self.db.read(lambda conn: _find(conn, scope, key))
+        if row is None:
+            return None
+        record = CommandRecord(scope, key, row[0], row[1], row[2])
+        parse_time = datetime.fromisoformat
+        events = [RecordedEvent(LogPosition(0, r[0]), _from_row(r), parse_time(r[9])) for r in rows]
+        return StoredCommand(record, events)
 
     async def stream_version(self, stream_id: str) -> int:
         return int(
