@@ -10,6 +10,9 @@ error                                  status  body
 ``NotFound``                           404     ``"<kind> not found"``
 ``InvalidState``                       409     the domain's message
 ``ConcurrencyError``                   409     ``current_version`` when known
+``CommandInProgress``                  409     same idempotency key still running
+``PreconditionFailed``                 412     stale ``If-Match``; ``current_version``
+``IdempotencyKeyReused``               422     same idempotency key, another request
 ``OperationalError``                   503     generic, with ``Retry-After``
 request validation, malformed JSON     422     each error's ``loc``, ``msg`` and ``type``
 unknown route / method                 404/405
@@ -34,12 +37,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cqrskit.errors import (
+    CommandInProgress,
     CommandRejected,
     ConcurrencyError,
     CqrskitError,
+    IdempotencyKeyReused,
     InvalidState,
     NotFound,
     OperationalError,
+    PreconditionFailed,
 )
 
 __all__ = [
@@ -95,8 +101,12 @@ def status_for(exc: CqrskitError) -> int:
     """Return the HTTP status for a framework error (500 for anything unmapped)."""
     if isinstance(exc, NotFound):
         return 404
-    if isinstance(exc, InvalidState | ConcurrencyError):
+    if isinstance(exc, InvalidState | ConcurrencyError | CommandInProgress):
         return 409
+    if isinstance(exc, PreconditionFailed):
+        return 412
+    if isinstance(exc, IdempotencyKeyReused):
+        return 422
     if isinstance(exc, CommandRejected):
         return 400
     if isinstance(exc, OperationalError):
@@ -109,6 +119,12 @@ def _kind(exc: CqrskitError) -> str:
         return "not-found"
     if isinstance(exc, ConcurrencyError):
         return "concurrency-conflict"
+    if isinstance(exc, CommandInProgress):
+        return "command-in-progress"
+    if isinstance(exc, PreconditionFailed):
+        return "precondition-failed"
+    if isinstance(exc, IdempotencyKeyReused):
+        return "idempotency-key-reused"
     if isinstance(exc, InvalidState):
         return "invalid-state"
     if isinstance(exc, CommandRejected):
@@ -130,6 +146,15 @@ async def _cqrskit_error(request: Request, exc: Exception) -> JSONResponse:
         return problem(
             status, "the resource was changed concurrently; retry", kind=kind, members=extra
         )
+    if isinstance(exc, PreconditionFailed):
+        return problem(
+            status,
+            "the resource has changed since the version given in If-Match",
+            kind=kind,
+            members={"current_version": exc.current_version},
+        )
+    if isinstance(exc, CommandInProgress | IdempotencyKeyReused):
+        return problem(status, str(exc), kind=kind)
     if isinstance(exc, CommandRejected):
         return problem(status, str(exc), kind=kind)
     if isinstance(exc, OperationalError):
