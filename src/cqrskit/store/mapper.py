@@ -3,7 +3,9 @@
 Reading is the hot path of every projection catch-up, so an event is rebuilt with one call
 into pydantic's Rust JSON parser: the stored payload object gets the envelope fields appended
 (text concatenation, no intermediate ``dict``) and the event class validates the result,
-nested metadata included.
+nested metadata included. An event stored at an older ``schema_version`` for which
+upcasters are registered (:mod:`cqrskit.upcasting`) takes the slower path: its payload is
+decoded to a ``dict``, upcast, and encoded again before that same parse.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from uuid import UUID
 
 from cqrskit.errors import UnknownEventType
 from cqrskit.messages import ENVELOPE_FIELDS, DomainEvent, event_class
+from cqrskit.upcasting import upcasters
 
 __all__ = ["SerializedEvent", "deserialize", "serialize"]
 
@@ -69,7 +72,8 @@ def deserialize(
 ) -> DomainEvent:
     """Rebuild the registered event class from stored columns.
 
-    ``data`` and ``metadata`` are JSON object texts (or already decoded objects). Raises
+    ``data`` and ``metadata`` are JSON object texts (or already decoded objects). A payload
+    stored at an older schema version passes through the registered upcasters. Raises
     :class:`~cqrskit.errors.UnknownEventType` for an unregistered type or a schema version
     newer than the class knows, and ``pydantic.ValidationError`` for a payload that does not
     fit the class.
@@ -79,6 +83,11 @@ def deserialize(
         raise UnknownEventType(
             f"{event_type} schema version {schema_version} is newer than this code"
         )
+    if schema_version != cls.schema_version and upcasters.applies(
+        event_type, schema_version, cls.schema_version
+    ):
+        decoded = json.loads(data) if isinstance(data, str) else dict(data)
+        data = upcasters.upcast(event_type, schema_version, cls.schema_version, decoded)
     payload = data if isinstance(data, str) else _object_text(data)
     head = payload[:-1] if payload[-1:] == "}" else payload.rstrip()[:-1]
     if head[-1:].isspace():
