@@ -165,19 +165,24 @@ async def test_events_a_projection_ignores_still_move_its_checkpoint(backend: Ba
     await assert_applied_exactly_once(backend)
 
 
-async def test_failing_batch_leaves_read_model_and_checkpoint_unchanged(
+async def test_failing_batch_commits_the_events_before_the_poison_event_and_stops_at_it(
     backend: Backend,
 ) -> None:
     projection = Ledger(poisoned=True)
     runner = await runner_for(backend, projection, batch_size=3)
     await deposit(backend, 1, 2, 3)
     first = await runner.catch_up()
-    before = await snapshot(backend)
+    before, _ = await snapshot(backend)
     await deposit(backend, 4, POISON, 6)
     with pytest.raises(ProjectionError, match="poison event"):
         await runner.catch_up()
-    assert await snapshot(backend) == before
-    assert await backend.read_models.checkpoint(Ledger.name) == first
+    # The failed batch is applied event by event: 4 commits, the poison event stops it.
+    after, _ = await snapshot(backend)
+    assert len(after) == len(before) + 1
+    stopped_at = await backend.read_models.checkpoint(Ledger.name)
+    assert stopped_at > first
+    assert runner.status.failing_position is not None
+    assert runner.status.failing_position > stopped_at
     projection.poisoned = False
     await runner.catch_up()
     await assert_applied_exactly_once(backend)

@@ -3,8 +3,10 @@
 ``catch_up`` drains the log; ``run`` follows it live, sleeping on the store's wake-up and
 re-polling as a fallback. A batch's statements and its checkpoint commit in one transaction,
 so after a crash nothing is applied twice and nothing is skipped. A handler that raises
-stops the batch; the runner records the error, backs off exponentially and retries the same
-batch (the projection is ``failed`` until it succeeds).
+is a poison event (see :mod:`cqrskit.projections.deadletters`): the runner applies the failed
+page event by event to find it, retries it ``max_retries`` times with exponential backoff and
+jitter, then stops at it (``stop``, the projection stays ``failed``) or parks its stream
+(``park``). Database outages are retried with backoff for as long as they last.
 """
 
 from __future__ import annotations
@@ -12,19 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from cqrskit.errors import CqrskitError, ProjectionError
+from cqrskit.errors import CqrskitError, IntegrityError, ProjectionError
 from cqrskit.messages import LogPosition, RecordedEvent
+from cqrskit.projections.deadletters import (
+    FailurePolicy,
+    backoff_delays,
+    describe,
+    park_statement,
+)
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
+from cqrskit.projections.status import Meter
 from cqrskit.read_models.protocol import ReadModelStore, Statement
 from cqrskit.store.protocol import EventStore
 
-__all__ = ["ProjectionRunner", "ProjectionState", "RunnerStatus"]
+__all__ = ["PoisonEvent", "ProjectionRunner", "ProjectionState", "RunnerStatus"]
 
 _log = logging.getLogger("cqrskit.projections")
 
@@ -50,6 +60,23 @@ class RunnerStatus:
     failures: int = 0
     events_applied: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    failing_position: LogPosition | None = None
+    """The event the handler fails on (``None`` when nothing is failing)."""
+    meter: Meter = field(default_factory=Meter)
+    """Throughput and append-to-visible latency."""
+
+
+class PoisonEvent(ProjectionError):
+    """A handler kept failing on one event; under ``stop`` the projection stays at it."""
+
+    def __init__(self, message: str, record: RecordedEvent, attempts: int) -> None:
+        super().__init__(message)
+        self.record = record
+        self.attempts = attempts
+
+
+class _EventFailed(ProjectionError):
+    """A handler raised (or its statements were refused) for one event."""
 
 
 class ProjectionRunner:
@@ -65,6 +92,11 @@ class ProjectionRunner:
         poll_interval: float = 1.0,
         max_backoff: float = 30.0,
         listeners: Sequence[CommitListener] = (),
+        max_retries: int | None = None,
+        on_failure: FailurePolicy | None = None,
+        retry_delay: float = 0.05,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.read_models = read_models
@@ -74,6 +106,17 @@ class ProjectionRunner:
         self.max_backoff = max_backoff
         self.status = RunnerStatus()
         self.listeners = list(listeners)
+        # Per projection (class attributes), unless the settings override them.
+        retries = max_retries if max_retries is not None else getattr(projection, "max_retries", 3)
+        policy = on_failure or getattr(projection, "on_failure", "stop")
+        if policy not in ("stop", "park") or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"{projection.name}: bad failure policy {policy!r}/{retries!r}")
+        self.max_retries: int = retries
+        self.on_failure: FailurePolicy = policy
+        self.retry_delay = retry_delay
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
+        self._parked: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -92,27 +135,108 @@ class ProjectionRunner:
         return await self._apply_page(checkpoint, page)
 
     async def _apply_page(self, checkpoint: LogPosition, page: list[RecordedEvent]) -> LogPosition:
-        statements = self._statements(page)
+        try:
+            return await self._commit(checkpoint, page)
+        except _EventFailed:
+            # Find the culprit: commit the page one event at a time, retrying the failing one.
+            return await self._one_by_one(checkpoint, page)
+
+    async def _commit(
+        self,
+        checkpoint: LogPosition,
+        page: list[RecordedEvent],
+        parking: tuple[str, int] | None = None,
+    ) -> LogPosition:
+        statements = self._statements(page, parking)
         position = page[-1].position
-        await self.read_models.commit(self.name, statements, expected=checkpoint, position=position)
+        try:
+            await self.read_models.commit(
+                self.name, statements, expected=checkpoint, position=position
+            )
+        except IntegrityError as exc:
+            parked = await self.read_models.parked_streams(self.name)
+            if parked != self._parked:  # a retry or skip emptied a parked stream meanwhile
+                self._parked = parked
+                return await self._commit(checkpoint, page, parking)
+            raise _EventFailed(f"{self.name}: batch refused: {describe(exc)}") from exc
+        if parking is not None:
+            self._parked = self._parked | {page[-1].event.stream_id}
         self.status.events_applied += len(page)
         self.status.checkpoint = position
+        self.status.meter.committed(len(page), [r.recorded_at for r in page])
         if self.listeners:
             await self._tell_committed(position, page)
         return position
 
-    def _statements(self, page: list[RecordedEvent]) -> list[Statement]:
+    def _statements(
+        self, page: list[RecordedEvent], parking: tuple[str, int] | None = None
+    ) -> list[Statement]:
+        # ``parking``: (error, attempts) to park the page's single event instead of applying it.
         apply = self.projection.apply
+        handled = self.projection.handled_types
         statements: list[Statement] = []
         for record in page:
+            event = record.event
+            if parking is not None:
+                statements.append(park_statement(self.name, record, *parking, first=True))
+                continue
+            if event.stream_id in self._parked and event.event_type in handled:
+                error = "a previous event of this stream is parked"
+                statements.append(park_statement(self.name, record, error, 0, first=False))
+                continue
             try:
-                statements.extend(apply(record.event))
+                statements.extend(apply(event))
             except Exception as exc:
-                raise ProjectionError(
-                    f"{self.name} failed on {record.event.event_type} at"
+                raise _EventFailed(
+                    f"{self.name} failed on {event.event_type} at"
                     f" {record.position.token()}: {type(exc).__name__}: {exc}"
                 ) from exc
         return statements
+
+    async def _one_by_one(self, checkpoint: LogPosition, page: list[RecordedEvent]) -> LogPosition:
+        for record in page:
+            delays = backoff_delays(
+                self.max_retries, base=self.retry_delay, cap=self.max_backoff, rng=self._rng
+            )
+            attempts = 0
+            while True:
+                try:
+                    checkpoint = await self._commit(checkpoint, [record])
+                    break
+                except _EventFailed as exc:
+                    attempts += 1
+                    self._failed(record, exc, attempts)
+                    delay = next(delays, None)
+                    if delay is not None:
+                        await self._sleep(delay)
+                        continue
+                    if self.on_failure == "stop":
+                        raise PoisonEvent(str(exc), record, attempts) from exc
+                    _log.warning(
+                        "projection %s parked stream %s at %s after %d attempts: %s",
+                        self.name,
+                        record.event.stream_id,
+                        record.position.token(),
+                        attempts,
+                        self.status.last_error,
+                    )
+                    checkpoint = await self._commit(checkpoint, [record], (describe(exc), attempts))
+                    break
+            self.status.failing_position = None
+        return checkpoint
+
+    def _failed(self, record: RecordedEvent, exc: Exception, attempts: int) -> None:
+        self.status.state = ProjectionState.FAILED
+        self.status.failures += 1
+        self.status.failing_position = record.position
+        self.status.last_error = str(exc)
+        _log.warning(
+            "projection %s: attempt %d of %d failed: %s",
+            self.name,
+            attempts,
+            self.max_retries + 1,
+            self.status.last_error,
+        )
 
     async def catch_up(
         self,
@@ -132,6 +256,7 @@ class ProjectionRunner:
         limit = limit or self.batch_size
         checkpoint = await self.read_models.checkpoint(self.name)
         self.status.checkpoint = checkpoint
+        self._parked = await self.read_models.parked_streams(self.name)
         page = await self.store.read_all(after=checkpoint, limit=limit)
         while page:
             ahead = None
@@ -163,13 +288,15 @@ class ProjectionRunner:
                 checkpoint = await self.catch_up()
                 self.status.state = ProjectionState.RUNNING
                 self.status.last_error = None
+                self.status.failing_position = None
                 backoff = 0.05
                 await self._wait(checkpoint, stop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.status.state = ProjectionState.FAILED
-                self.status.failures += 1
+                if not isinstance(exc, PoisonEvent):  # counted per attempt already
+                    self.status.failures += 1
                 self.status.last_error = (
                     str(exc) if isinstance(exc, CqrskitError) else f"{type(exc).__name__}: {exc}"
                 )

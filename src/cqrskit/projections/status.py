@@ -1,15 +1,94 @@
-"""Lag of each projection: position, head, lag in events and in seconds."""
+"""Lag and state of each projection: what health checks, metrics, the CLI and alerts read.
+
+:func:`projection_lag` measures positions against the log's head; :func:`projection_status`
+adds what the runners of this process know (state, throughput, last error, the failing
+event, parked events) and judges each projection against :class:`LagThresholds`:
+
+- ``failed``: the runner's handler failed on an event (retrying or stopped at it);
+- ``rebuilding``: a rebuild is replaying the log;
+- ``stalled``: lag over the warn threshold and no progress in the last window;
+- ``catching_up``: behind the head and making progress; ``running``: caught up.
+
+``level`` is ``fail`` when the projection failed or its lag reached a fail threshold (or it
+stalled past one), ``warn`` at a warn threshold, else ``ok``. :class:`LagMonitor` logs a
+structured warning once per crossing into a worse level (and once when it recovers).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from cqrskit.messages import LogPosition, utc_now
 from cqrskit.read_models.protocol import ReadModelStore
 from cqrskit.store.protocol import EventStore
 
-__all__ = ["ProjectionLag", "projection_lag"]
+if TYPE_CHECKING:
+    from cqrskit.service import Runtime
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "LagMonitor",
+    "LagThresholds",
+    "Meter",
+    "ProjectionLag",
+    "ProjectionStatus",
+    "projection_lag",
+    "projection_status",
+]
+
+_log = logging.getLogger("cqrskit.projections.lag")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Upper bounds (seconds) of the append-to-visible latency histogram."""
+_WINDOW = 60.0
+
+
+class Meter:
+    """Progress samples and the append-to-visible latency histogram of one runner."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._samples: deque[tuple[float, int]] = deque()
+        self.applied = 0
+        self.last_progress: float | None = None
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def committed(self, events: int, recorded_at: list[datetime]) -> None:
+        """Count ``events`` applied now; observe ``now - recorded_at`` of each."""
+        now = self._clock()
+        self.applied += events
+        self.last_progress = now
+        self._samples.append((now, events))
+        while self._samples and self._samples[0][0] < now - _WINDOW:
+            self._samples.popleft()
+        wall = utc_now()
+        for moment in recorded_at:
+            seconds = max(0.0, (wall - moment).total_seconds())
+            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
+            self.latency_count += 1
+
+    def throughput(self) -> float:
+        """Events per second over the last minute (or since the meter started)."""
+        now = self._clock()
+        applied = sum(n for t, n in self._samples if t >= now - _WINDOW)
+        span = min(_WINDOW, now - self._started)
+        return applied / span if span > 0 else 0.0
+
+    def progressed_within(self, seconds: float) -> bool:
+        """Whether anything was applied in the last ``seconds``."""
+        return self.last_progress is not None and self._clock() - self.last_progress <= seconds
 
 
 @dataclass(frozen=True)
@@ -51,3 +130,171 @@ async def projection_lag(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class LagThresholds:
+    """When lag is worth a warning and when it fails the health check (``None``: never)."""
+
+    warn_seconds: float | None = 30.0
+    fail_seconds: float | None = 300.0
+    warn_events: int | None = None
+    fail_events: int | None = None
+
+    def level(self, lag: ProjectionLag) -> str:
+        """``fail``, ``warn`` or ``ok`` for this lag alone."""
+        for name, seconds, events in (
+            ("fail", self.fail_seconds, self.fail_events),
+            ("warn", self.warn_seconds, self.warn_events),
+        ):
+            if lag.lag_events and seconds is not None and lag.lag_seconds >= seconds:
+                return name
+            if events is not None and lag.lag_events >= events > 0:
+                return name
+        return "ok"
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """One projection, as health, metrics and ``cqrskit projections status`` show it."""
+
+    lag: ProjectionLag
+    state: str
+    level: str
+    throughput: float = 0.0
+    failures: int = 0
+    last_error: str | None = None
+    failing_position: LogPosition | None = None
+    parked: int = 0
+    blocked_by: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The projection's (or publisher's) name."""
+        return self.lag.name
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready mapping (positions as consistency tokens)."""
+        lag = self.lag
+        return {
+            "name": lag.name,
+            "state": self.state,
+            "level": self.level,
+            "position": lag.position.token(),
+            "head": lag.head.token(),
+            "lag_events": lag.lag_events,
+            "lag_seconds": round(lag.lag_seconds, 3),
+            "throughput": round(self.throughput, 3),
+            "failures": self.failures,
+            "last_error": self.last_error[:500] if self.last_error else None,
+            "failing_position": self.failing_position.token() if self.failing_position else None,
+            "parked": self.parked,
+            "blocked_by": self.blocked_by,
+            "updated_at": lag.updated_at.isoformat() if lag.updated_at else None,
+            **self.extra,
+        }
+
+
+def _state(
+    runner_state: str | None, meter: Meter | None, lag: ProjectionLag, t: LagThresholds
+) -> str:
+    if runner_state in ("failed", "rebuilding"):
+        return runner_state
+    behind = lag.lag_events > 0
+    warn = t.warn_seconds if t.warn_seconds is not None else t.fail_seconds
+    over = behind and warn is not None and lag.lag_seconds >= warn
+    if over and (meter is None or not meter.progressed_within(warn or 0.0)):
+        return "stalled"
+    return "catching_up" if behind else "running"
+
+
+async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list[ProjectionStatus]:
+    """Lag, state and level of every projection of ``runtime`` (and its NATS publisher)."""
+    lags = await runtime.lag()
+    read_models = runtime.backend.read_models
+    parked: dict[str, int] = {}
+    for row in await read_models.dead_letters():
+        if row.status == "parked":
+            parked[row.projection] = parked.get(row.projection, 0) + 1
+    blocker = await _blocker(runtime) if any(lag.lag_events for lag in lags) else None
+    out = []
+    for lag in lags:
+        runner: Any = runtime.runners.get(lag.name)
+        if runner is None and runtime.publisher is not None and lag.name == runtime.publisher.name:
+            runner = runtime.publisher
+        status = runner.status if runner is not None else None
+        meter: Meter | None = getattr(status, "meter", None)
+        runner_state = str(status.state) if status is not None else None
+        state = _state(runner_state, meter, lag, thresholds)
+        level = thresholds.level(lag)
+        if state == "failed":
+            level = "fail"
+        elif state == "stalled" and level == "ok":
+            level = "warn"
+        out.append(
+            ProjectionStatus(
+                lag,
+                state,
+                level,
+                throughput=meter.throughput() if meter is not None else 0.0,
+                failures=status.failures if status is not None else 0,
+                last_error=status.last_error if status is not None else None,
+                failing_position=getattr(status, "failing_position", None),
+                parked=parked.get(lag.name, 0),
+                blocked_by=blocker if lag.lag_events else None,
+            )
+        )
+    return out
+
+
+async def _blocker(runtime: Runtime) -> dict[str, Any] | None:
+    # PostgreSQL only: the oldest transaction holding an xid holds the log's read fence.
+    oldest = getattr(runtime.backend.store, "oldest_transaction", None)
+    if oldest is None:
+        return None
+    found: dict[str, Any] | None = await oldest()
+    return found
+
+
+class LagMonitor:
+    """Logs a structured warning when a projection crosses a threshold (once per crossing)."""
+
+    def __init__(self, runtime: Runtime, thresholds: LagThresholds) -> None:
+        self.runtime = runtime
+        self.thresholds = thresholds
+        self.levels: dict[str, str] = {}
+
+    def observe(self, statuses: list[ProjectionStatus]) -> None:
+        """Log each projection whose level changed since the last observation."""
+        for status in statuses:
+            before = self.levels.get(status.name, "ok")
+            self.levels[status.name] = status.level
+            if status.level == before:
+                continue
+            fields = status.as_json()
+            fields["previous_level"] = before
+            if status.level == "ok":
+                _log.info("projection %s recovered", status.name, extra={"projection": fields})
+            else:
+                _log.warning(
+                    "projection %s lag %s: %s, %d events, %.1f s behind",
+                    status.name,
+                    status.level,
+                    status.state,
+                    status.lag.lag_events,
+                    status.lag.lag_seconds,
+                    extra={"projection": fields},
+                )
+
+    async def run(self, stop: asyncio.Event, interval: float = 5.0) -> None:
+        """Check every ``interval`` seconds until ``stop`` is set (errors are logged)."""
+        while not stop.is_set():
+            try:
+                self.observe(await projection_status(self.runtime, self.thresholds))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("checking projection lag failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)

@@ -15,7 +15,7 @@ from typing import Any
 from cqrskit._postgres import PostgresDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition
-from cqrskit.read_models.protocol import CheckpointRow, Sql, Statement
+from cqrskit.read_models.protocol import CheckpointRow, DeadLetter, Sql, Statement
 
 __all__ = ["PostgresReadModelStore"]
 
@@ -27,6 +27,48 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     updated_at timestamptz
 )
 """
+_DEAD_LETTERS = """
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    id bigserial PRIMARY KEY,
+    projection text NOT NULL,
+    transaction_id bigint NOT NULL,
+    position bigint NOT NULL,
+    stream_id text NOT NULL,
+    version integer NOT NULL,
+    event_id text NOT NULL,
+    event_type text NOT NULL,
+    error text NOT NULL,
+    attempts integer NOT NULL,
+    status text NOT NULL DEFAULT 'parked',
+    blocked_by bigint NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    UNIQUE (projection, stream_id, version)
+)
+"""
+_DEAD_ALL = (
+    "SELECT id, projection, transaction_id, position, stream_id, version, event_id, event_type,"
+    " error, attempts, status, parked_at, resolved_at FROM projection_dead_letters"
+    " WHERE ($1::text IS NULL OR projection = $1) AND ($2::text IS NULL OR stream_id = $2)"
+    " ORDER BY projection, transaction_id, position"
+)
+_PARKED_STREAMS = (
+    "SELECT DISTINCT stream_id FROM projection_dead_letters"
+    " WHERE projection = $1 AND status = 'parked'"
+)
+_LOCK_CHECKPOINT = "SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
+_PARKED_IDS = (
+    "SELECT id FROM projection_dead_letters WHERE projection = $1 AND stream_id = $2"
+    " AND status = 'parked' ORDER BY transaction_id, position"
+)
+_DEAD_REMOVE = "DELETE FROM projection_dead_letters WHERE id = $1 AND status = 'parked'"
+_DEAD_SKIP = (
+    "UPDATE projection_dead_letters SET status = 'skipped', resolved_at = now()"
+    " WHERE id = $1 AND status = 'parked'"
+)
+_DEAD_FAILED = (
+    "UPDATE projection_dead_letters SET error = $2, attempts = attempts + 1 WHERE id = $1"
+)
 _GET = "SELECT transaction_id, position FROM projection_checkpoints WHERE name = $1"
 _ALL = "SELECT name, transaction_id, position, updated_at FROM projection_checkpoints ORDER BY name"
 _MOVE = (
@@ -67,7 +109,9 @@ class PostgresReadModelStore:
         self.db = db
 
     async def migrate(self, ddl: Sequence[Sql]) -> None:
-        await self.db.migrate([_CHECKPOINTS, *(statement.postgres for statement in ddl)])
+        await self.db.migrate(
+            [_CHECKPOINTS, _DEAD_LETTERS, *(statement.postgres for statement in ddl)]
+        )
 
     async def fetch(self, query: Sql, *params: Any) -> list[Mapping[str, Any]]:
         return [dict(row) for row in await self.db.fetch(query.postgres, *params)]
@@ -108,6 +152,55 @@ class PostgresReadModelStore:
         async with self.db.transaction() as conn:
             await conn.execute(_REWIND, name)
             await _run(conn, statements)
+
+    async def dead_letters(
+        self, projection: str | None = None, *, stream_id: str | None = None
+    ) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                row["id"],
+                row["projection"],
+                LogPosition(row["transaction_id"], row["position"]),
+                row["stream_id"],
+                row["version"],
+                row["event_id"],
+                row["event_type"],
+                row["error"],
+                row["attempts"],
+                row["status"],
+                row["parked_at"],
+                row["resolved_at"],
+            )
+            for row in await self.db.fetch(_DEAD_ALL, projection, stream_id)
+        ]
+
+    async def parked_streams(self, projection: str) -> frozenset[str]:
+        return frozenset(row[0] for row in await self.db.fetch(_PARKED_STREAMS, projection))
+
+    async def settle_dead_letters(
+        self,
+        projection: str,
+        stream_id: str,
+        *,
+        expected: Sequence[int],
+        statements: Sequence[Statement],
+        remove: Sequence[int] = (),
+        skip: Sequence[int] = (),
+        failed: tuple[int, str] | None = None,
+    ) -> None:
+        async with self.db.transaction() as conn:
+            # The checkpoint row lock orders this after (or before) any batch commit.
+            await conn.execute(_LOCK_CHECKPOINT, projection)
+            parked = [row[0] for row in await conn.fetch(_PARKED_IDS, projection, stream_id)]
+            if parked != list(expected):
+                raise ProjectionError(f"dead letters of {projection!r} changed; try again")
+            await _run(conn, statements)
+            if remove:
+                await conn.executemany(_DEAD_REMOVE, [(i,) for i in remove])
+            if skip:
+                await conn.executemany(_DEAD_SKIP, [(i,) for i in skip])
+            if failed is not None:
+                await conn.execute(_DEAD_FAILED, *failed)
 
     async def close(self) -> None:
         """Close the shared pool (idempotent; the event store may have closed it first)."""

@@ -10,6 +10,10 @@ Guarantees every adapter keeps:
    newer batch.
 3. ``reset`` empties a projection's tables and rewinds its checkpoint in one transaction.
 4. Values only ever travel as bound parameters.
+5. ``migrate`` also creates ``projection_dead_letters``; ``settle_dead_letters`` runs a
+   retry's statements, removes or marks the dead letters it names, and checks that the
+   stream's parked set is the one the caller saw, in one transaction serialized with the
+   projection's batch commits (see :mod:`cqrskit.projections.deadletters`).
 
 SQL is written once with PostgreSQL's ``$1`` placeholders; :func:`sql` derives SQLite's
 ``?1`` form, or takes an explicit SQLite text where the dialects differ (full-text search).
@@ -26,6 +30,7 @@ from cqrskit.messages import LogPosition
 
 __all__ = [
     "CheckpointRow",
+    "DeadLetter",
     "ReadModelStore",
     "Sql",
     "Statement",
@@ -64,6 +69,24 @@ class CheckpointRow(NamedTuple):
     name: str
     position: LogPosition
     updated_at: datetime | None
+
+
+class DeadLetter(NamedTuple):
+    """An event a projection parked after its handler kept failing (or that it skipped)."""
+
+    id: int
+    projection: str
+    position: LogPosition
+    stream_id: str
+    version: int
+    event_id: str
+    event_type: str
+    error: str
+    attempts: int
+    status: str
+    """``parked`` (waiting for a retry or a skip) or ``skipped`` (never applied, on purpose)."""
+    parked_at: datetime | None
+    resolved_at: datetime | None
 
 
 class ReadModelStore(Protocol):
@@ -108,4 +131,35 @@ class ReadModelStore(Protocol):
 
     async def reset(self, name: str, statements: Sequence[Statement]) -> None:
         """Run ``statements`` (emptying tables) and rewind the checkpoint, atomically."""
+        ...
+
+    async def dead_letters(
+        self, projection: str | None = None, *, stream_id: str | None = None
+    ) -> list[DeadLetter]:
+        """Return dead letters (parked and skipped), by projection, stream and log order."""
+        ...
+
+    async def parked_streams(self, projection: str) -> frozenset[str]:
+        """Return the streams that have parked events for ``projection``."""
+        ...
+
+    async def settle_dead_letters(
+        self,
+        projection: str,
+        stream_id: str,
+        *,
+        expected: Sequence[int],
+        statements: Sequence[Statement],
+        remove: Sequence[int] = (),
+        skip: Sequence[int] = (),
+        failed: tuple[int, str] | None = None,
+    ) -> None:
+        """Apply a retry or a skip of one stream's parked events atomically.
+
+        In one transaction, serialized with the projection's batch commits: check that the
+        ids of the stream's parked events are still ``expected`` (else raise
+        :class:`~cqrskit.errors.ProjectionError` and write nothing), run ``statements``,
+        delete ``remove``, mark ``skip`` as skipped, and record ``failed`` (id, error) as one
+        more failed attempt.
+        """
         ...

@@ -11,7 +11,7 @@ from typing import Any
 from cqrskit._sqlite import SQLiteDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition, utc_now
-from cqrskit.read_models.protocol import CheckpointRow, Sql, Statement
+from cqrskit.read_models.protocol import CheckpointRow, DeadLetter, Sql, Statement
 
 __all__ = ["SQLiteReadModelStore"]
 
@@ -23,6 +23,45 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     updated_at TEXT
 )
 """
+_DEAD_LETTERS = """
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    projection TEXT NOT NULL,
+    transaction_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'parked',
+    blocked_by INTEGER NOT NULL,
+    parked_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    resolved_at TEXT,
+    UNIQUE (projection, stream_id, version)
+)
+"""
+_DEAD_ALL = (
+    "SELECT id, projection, transaction_id, position, stream_id, version, event_id, event_type,"
+    " error, attempts, status, parked_at, resolved_at FROM projection_dead_letters"
+    " WHERE (?1 IS NULL OR projection = ?1) AND (?2 IS NULL OR stream_id = ?2)"
+    " ORDER BY projection, transaction_id, position"
+)
+_PARKED_STREAMS = (
+    "SELECT DISTINCT stream_id FROM projection_dead_letters"
+    " WHERE projection = ? AND status = 'parked'"
+)
+_PARKED_IDS = (
+    "SELECT id FROM projection_dead_letters WHERE projection = ? AND stream_id = ?"
+    " AND status = 'parked' ORDER BY transaction_id, position"
+)
+_DEAD_REMOVE = "DELETE FROM projection_dead_letters WHERE id = ? AND status = 'parked'"
+_DEAD_SKIP = (
+    "UPDATE projection_dead_letters SET status = 'skipped', resolved_at = ?"
+    " WHERE id = ? AND status = 'parked'"
+)
+_DEAD_FAILED = "UPDATE projection_dead_letters SET error = ?, attempts = attempts + 1 WHERE id = ?"
 _ENSURE = (
     "INSERT INTO projection_checkpoints (name, transaction_id, position) VALUES (?, 0, 0)"
     " ON CONFLICT (name) DO NOTHING"
@@ -60,6 +99,7 @@ class SQLiteReadModelStore:
     async def migrate(self, ddl: Sequence[Sql]) -> None:
         def create(conn: sqlite3.Connection) -> None:
             conn.execute(_CHECKPOINTS)
+            conn.execute(_DEAD_LETTERS)
             for statement in ddl:
                 conn.execute(statement.sqlite)
 
@@ -116,3 +156,63 @@ class SQLiteReadModelStore:
             conn.execute(_REWIND, (now, name))
 
         await self.db.write(rewind)
+
+    async def dead_letters(
+        self, projection: str | None = None, *, stream_id: str | None = None
+    ) -> list[DeadLetter]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(_DEAD_ALL, (projection, stream_id)).fetchall()
+        )
+        return [
+            DeadLetter(
+                row["id"],
+                row["projection"],
+                LogPosition(row["transaction_id"], row["position"]),
+                row["stream_id"],
+                row["version"],
+                row["event_id"],
+                row["event_type"],
+                row["error"],
+                row["attempts"],
+                row["status"],
+                _moment(row["parked_at"]),
+                _moment(row["resolved_at"]),
+            )
+            for row in rows
+        ]
+
+    async def parked_streams(self, projection: str) -> frozenset[str]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(_PARKED_STREAMS, (projection,)).fetchall()
+        )
+        return frozenset(row[0] for row in rows)
+
+    async def settle_dead_letters(
+        self,
+        projection: str,
+        stream_id: str,
+        *,
+        expected: Sequence[int],
+        statements: Sequence[Statement],
+        remove: Sequence[int] = (),
+        skip: Sequence[int] = (),
+        failed: tuple[int, str] | None = None,
+    ) -> None:
+        now = utc_now().isoformat()
+
+        def settle(conn: sqlite3.Connection) -> None:
+            # BEGIN IMMEDIATE: batch commits of the projection wait for this transaction.
+            parked = [row[0] for row in conn.execute(_PARKED_IDS, (projection, stream_id))]
+            if parked != list(expected):
+                raise ProjectionError(f"dead letters of {projection!r} changed; try again")
+            _run(conn, statements)
+            conn.executemany(_DEAD_REMOVE, [(i,) for i in remove])
+            conn.executemany(_DEAD_SKIP, [(now, i) for i in skip])
+            if failed is not None:
+                conn.execute(_DEAD_FAILED, (failed[1], failed[0]))
+
+        await self.db.write(settle)
+
+
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
