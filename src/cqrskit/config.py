@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +23,19 @@ class Settings(BaseSettings):
     run_projections: bool = True
     projection_batch_size: int = Field(default=500, ge=1, le=100_000)
     projection_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    projection_max_retries: int | None = Field(default=None, ge=0, le=100)
+    """Retries of a failing projection handler before its policy applies (``None``: each
+    projection's own ``max_retries``)."""
+    projection_on_failure: Literal["stop", "park"] | None = None
+    """``stop`` or ``park`` for every projection (``None``: each projection's ``on_failure``)."""
+    lag_warn_seconds: float | None = Field(default=30.0, ge=0)
+    """Lag (age of the oldest unapplied event) that logs a warning and marks ``warn``."""
+    lag_fail_seconds: float | None = Field(default=300.0, ge=0)
+    """Lag that turns ``/health/projections`` to 503."""
+    lag_warn_events: int | None = Field(default=None, ge=1)
+    lag_fail_events: int | None = Field(default=None, ge=1)
+    lag_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    """How often a runtime running projections checks lag thresholds (for log warnings)."""
     command_retries: int = Field(default=5, ge=1, le=100)
     aggregate_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
     """Aggregates the command bus keeps in memory per process (0 turns the cache off)."""

@@ -26,7 +26,7 @@ from cqrskit.middleware import log_messages, retry_on_conflict
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.runner import ProjectionRunner
-from cqrskit.projections.status import ProjectionLag, projection_lag
+from cqrskit.projections.status import LagMonitor, ProjectionLag, lag_thresholds, projection_lag
 from cqrskit.query_bus import QueryBus
 from cqrskit.read_models.cache import RedisQueryCache
 from cqrskit.read_models.protocol import ReadModelStore
@@ -113,6 +113,8 @@ class Runtime:
                 batch_size=settings.projection_batch_size,
                 poll_interval=settings.projection_poll_interval,
                 listeners=[*listeners, watch],
+                max_retries=settings.projection_max_retries,
+                on_failure=settings.projection_on_failure,
             )
         runtime = cls(service, settings, backend, command_bus, query_bus, runners, watch, cache)
         if settings.nats_url:
@@ -138,6 +140,9 @@ class Runtime:
             # Its own checkpoint: rebuilding a projection never rewinds it or republishes.
             publisher = self.publisher
             self._tasks.append(asyncio.create_task(publisher.run(self._stop), name=publisher.name))
+        monitor = LagMonitor(self, lag_thresholds(self.settings))
+        interval = self.settings.lag_check_interval
+        self._tasks.append(asyncio.create_task(monitor.run(self._stop, interval), name="lag"))
 
     async def catch_up(self, until: LogPosition | None = None, timeout: float = 30.0) -> None:
         """Apply pending events to every projection in this task (no background runners).

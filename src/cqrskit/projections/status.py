@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from cqrskit.errors import PersistenceError
 from cqrskit.messages import LogPosition, utc_now
 from cqrskit.read_models.protocol import ReadModelStore
 from cqrskit.store.protocol import EventStore
 
 if TYPE_CHECKING:
+    from cqrskit.config import Settings
     from cqrskit.service import Runtime
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Meter",
     "ProjectionLag",
     "ProjectionStatus",
+    "lag_thresholds",
     "projection_lag",
     "projection_status",
 ]
@@ -154,6 +157,16 @@ class LagThresholds:
         return "ok"
 
 
+def lag_thresholds(settings: Settings) -> LagThresholds:
+    """The thresholds named by ``CQRSKIT_LAG_{WARN,FAIL}_{SECONDS,EVENTS}``."""
+    return LagThresholds(
+        settings.lag_warn_seconds,
+        settings.lag_fail_seconds,
+        settings.lag_warn_events,
+        settings.lag_fail_events,
+    )
+
+
 @dataclass(frozen=True)
 class ProjectionStatus:
     """One projection, as health, metrics and ``cqrskit projections status`` show it."""
@@ -214,7 +227,11 @@ async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list
     lags = await runtime.lag()
     read_models = runtime.backend.read_models
     parked: dict[str, int] = {}
-    for row in await read_models.dead_letters():
+    try:
+        dead = await read_models.dead_letters()
+    except PersistenceError:  # a database migrated before dead letters existed
+        dead = []
+    for row in dead:
         if row.status == "parked":
             parked[row.projection] = parked.get(row.projection, 0) + 1
     blocker = await _blocker(runtime) if any(lag.lag_events for lag in lags) else None
