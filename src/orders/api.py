@@ -8,12 +8,17 @@ a GET right after a command may not see it yet, unless it passes the token back
 (``X-Consistency-Token`` header or ``?consistent_with=``): then it waits, bounded, for the
 read models it reads and says whether it is ``stale`` (see :mod:`cqrskit.http.consistency`).
 
+Every command endpoint accepts an ``Idempotency-Key`` header (a retry gets the first
+response, see :mod:`cqrskit.http.idempotency`); order commands accept ``If-Match`` with the
+``ETag`` that ``GET /orders/{order_id}`` returns (the order's version): a stale one is 412.
+
 ``/orders/search`` and ``/orders/statistics`` are declared before ``/orders/{order_id}`` so
 they are not taken for an order id.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -22,12 +27,14 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from cqrskit.http import Commands, Queries
+from cqrskit.http import Queries
+from cqrskit.http.idempotency import Once, etag
 from orders.customer import RegisterCustomer
 from orders.order import (
     AddOrderItem,
     CancelOrder,
     CreateOrder,
+    Order,
     OrderStatus,
     ShipOrder,
     UpdateShippingAddress,
@@ -184,50 +191,49 @@ class OrderChanged(_Accepted):
 router = APIRouter(prefix="/api/v1", tags=["orders"])
 
 
+def _stream(order_id: UUID) -> str:
+    return Order.stream_id_for(str(order_id))
+
+
 @router.post("/customers", status_code=201)
-async def register_customer(body: CreateCustomerRequest, commands: Commands) -> CustomerCreated:
+async def register_customer(body: CreateCustomerRequest, commands: Once) -> CustomerCreated:
     """Register a customer."""
-    customer_id = uuid4()
-    token = await commands.send(
-        RegisterCustomer(customer_id=customer_id, name=body.name, email=body.email)
+    sent, token = await commands.send(
+        RegisterCustomer(customer_id=uuid4(), name=body.name, email=body.email)
     )
-    return CustomerCreated(customer_id=customer_id, consistency_token=token)
+    return CustomerCreated(customer_id=sent.customer_id, consistency_token=token)
 
 
 @router.post("/products", status_code=201)
-async def add_product(body: CreateProductRequest, commands: Commands) -> ProductCreated:
+async def add_product(body: CreateProductRequest, commands: Once) -> ProductCreated:
     """Add a product to the catalog."""
-    product_id = uuid4()
-    token = await commands.send(
-        AddProduct(
-            product_id=product_id, name=body.name, unit_price=body.unit_price, stock=body.stock
-        )
+    sent, token = await commands.send(
+        AddProduct(product_id=uuid4(), name=body.name, unit_price=body.unit_price, stock=body.stock)
     )
-    return ProductCreated(product_id=product_id, consistency_token=token)
+    return ProductCreated(product_id=sent.product_id, consistency_token=token)
 
 
 @router.post("/products/{product_id}/restock")
 async def restock_product(
-    product_id: UUID, body: RestockRequest, commands: Commands
+    product_id: UUID, body: RestockRequest, commands: Once
 ) -> ProductRestocked:
     """Add units to a product's stock."""
-    token = await commands.send(RestockProduct(product_id=product_id, quantity=body.quantity))
+    _, token = await commands.send(RestockProduct(product_id=product_id, quantity=body.quantity))
     return ProductRestocked(product_id=product_id, consistency_token=token)
 
 
 @router.post("/orders", status_code=201)
-async def create_order(body: CreateOrderRequest, commands: Commands) -> OrderCreated:
+async def create_order(body: CreateOrderRequest, commands: Once) -> OrderCreated:
     """Place an order; its stock is reserved atomically (insufficient stock: 400)."""
-    order_id = uuid4()
-    token = await commands.send(
+    sent, token = await commands.send(
         CreateOrder(
-            order_id=order_id,
+            order_id=uuid4(),
             customer_id=body.customer_id,
             items=[item.to_line() for item in body.items],
             shipping_address=body.shipping_address.to_address(),
         )
     )
-    return OrderCreated(order_id=order_id, consistency_token=token)
+    return OrderCreated(order_id=sent.order_id, consistency_token=token)
 
 
 @router.get("/orders/search", response_model=OrderSummaryPage)
@@ -270,43 +276,54 @@ async def order_statistics(
 
 @router.get("/orders/{order_id}", response_model=OrderView)
 async def get_order(order_id: UUID, queries: Queries) -> Response:
-    """One order with its items, customer name and email, and address."""
-    return await queries.answer(GetOrderById(order_id=order_id), OrderView)
+    """One order with its items, customer name and email, and address.
+
+    The ``ETag`` is the order's version, for ``If-Match`` on the order's commands.
+    """
+    response = await queries.answer(GetOrderById(order_id=order_id), OrderView)
+    if response.status_code == 200:
+        version = json.loads(bytes(response.body)).get("version")
+        if isinstance(version, int):
+            response.headers["ETag"] = etag(version)
+    return response
 
 
 @router.post("/orders/{order_id}/items")
-async def add_order_item(
-    order_id: UUID, body: OrderItemRequest, commands: Commands
-) -> OrderChanged:
+async def add_order_item(order_id: UUID, body: OrderItemRequest, commands: Once) -> OrderChanged:
     """Add a line to a pending order (409 once shipped or cancelled)."""
-    token = await commands.send(AddOrderItem(order_id=order_id, item=body.to_line()))
+    _, token = await commands.send(
+        AddOrderItem(order_id=order_id, item=body.to_line()), stream_id=_stream(order_id)
+    )
     return OrderChanged(status="item_added", order_id=order_id, consistency_token=token)
 
 
 @router.put("/orders/{order_id}/shipping-address")
 async def update_shipping_address(
-    order_id: UUID, body: AddressRequest, commands: Commands
+    order_id: UUID, body: AddressRequest, commands: Once
 ) -> OrderChanged:
     """Change where a pending order ships to."""
-    token = await commands.send(
-        UpdateShippingAddress(order_id=order_id, shipping_address=body.to_address())
+    _, token = await commands.send(
+        UpdateShippingAddress(order_id=order_id, shipping_address=body.to_address()),
+        stream_id=_stream(order_id),
     )
     return OrderChanged(status="address_updated", order_id=order_id, consistency_token=token)
 
 
 @router.post("/orders/{order_id}/ship")
-async def ship_order(order_id: UUID, commands: Commands) -> OrderChanged:
+async def ship_order(order_id: UUID, commands: Once) -> OrderChanged:
     """Ship a pending order."""
-    token = await commands.send(ShipOrder(order_id=order_id))
+    _, token = await commands.send(ShipOrder(order_id=order_id), stream_id=_stream(order_id))
     return OrderChanged(status="shipped", order_id=order_id, consistency_token=token)
 
 
 @router.delete("/orders/{order_id}")
 async def cancel_order(
-    order_id: UUID, commands: Commands, reason: Annotated[Reason, Query()] = ""
+    order_id: UUID, commands: Once, reason: Annotated[Reason, Query()] = ""
 ) -> OrderChanged:
     """Cancel an order that has not shipped; its stock goes back."""
-    token = await commands.send(CancelOrder(order_id=order_id, reason=reason))
+    _, token = await commands.send(
+        CancelOrder(order_id=order_id, reason=reason), stream_id=_stream(order_id)
+    )
     return OrderChanged(status="cancelled", order_id=order_id, consistency_token=token)
 
 

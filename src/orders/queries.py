@@ -101,6 +101,8 @@ class OrderView(Message):
     shipping_address: Address
     created_at: datetime
     updated_at: datetime
+    version: int = 0
+    """The order stream's version this view reflects (the HTTP ``ETag``)."""
 
 
 class OrderSummaryView(Message):

@@ -53,7 +53,7 @@ _SCHEMA = (
         " customer_email TEXT NOT NULL, status TEXT NOT NULL, total_cents BIGINT NOT NULL,"
         " item_count BIGINT NOT NULL, street TEXT NOT NULL, city TEXT NOT NULL,"
         " postal_code TEXT NOT NULL, country TEXT NOT NULL, created_at TEXT NOT NULL,"
-        " updated_at TEXT NOT NULL)"
+        " updated_at TEXT NOT NULL, version BIGINT NOT NULL DEFAULT 0)"
     ),
     sql(
         "CREATE TABLE IF NOT EXISTS order_detail_items ("
@@ -80,10 +80,10 @@ PUT_PRODUCT = sql(
 CREATE_ORDER = sql(
     "INSERT INTO order_detail_orders (order_id, customer_id, customer_name, customer_email,"
     " status, total_cents, item_count, street, city, postal_code, country, created_at,"
-    " updated_at) VALUES ($1, $2,"
+    " updated_at, version) VALUES ($1, $2,"
     " COALESCE((SELECT name FROM order_detail_customers WHERE customer_id = $2), ''),"
     " COALESCE((SELECT email FROM order_detail_customers WHERE customer_id = $2), ''),"
-    " $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING"
+    " $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) ON CONFLICT (order_id) DO NOTHING"
 )
 INSERT_LINE = sql(
     "INSERT INTO order_detail_items (order_id, line_no, product_id, product_name, quantity,"
@@ -99,18 +99,21 @@ APPEND_LINE = sql(
 )
 ADD_TO_TOTAL = sql(
     "UPDATE order_detail_orders SET total_cents = total_cents + $2,"
-    " item_count = item_count + 1, updated_at = $3 WHERE order_id = $1"
+    " item_count = item_count + 1, updated_at = $3, version = $4 WHERE order_id = $1"
 )
 SET_ADDRESS = sql(
     "UPDATE order_detail_orders SET street = $2, city = $3, postal_code = $4, country = $5,"
-    " updated_at = $6 WHERE order_id = $1"
+    " updated_at = $6, version = $7 WHERE order_id = $1"
 )
-SET_STATUS = sql("UPDATE order_detail_orders SET status = $2, updated_at = $3 WHERE order_id = $1")
+SET_STATUS = sql(
+    "UPDATE order_detail_orders SET status = $2, updated_at = $3, version = $4 WHERE order_id = $1"
+)
 
 _GET = sql(
     "SELECT o.order_id, o.customer_id, o.customer_name, o.customer_email, o.status,"
     " o.total_cents, o.item_count, o.street, o.city, o.postal_code, o.country, o.created_at,"
-    " o.updated_at, i.line_no, i.product_id, i.product_name, i.quantity, i.unit_price_cents"
+    " o.updated_at, o.version, i.line_no, i.product_id, i.product_name, i.quantity,"
+    " i.unit_price_cents"
     " FROM order_detail_orders o"
     " LEFT JOIN order_detail_items i ON i.order_id = o.order_id"
     " WHERE o.order_id = $1 ORDER BY i.line_no"
@@ -155,6 +158,7 @@ class OrderDetailProjection(Projection):
             address.postal_code,
             address.country,
             timestamp(event.occurred_at),
+            event.version,
         )
         for line_no, line in enumerate(event.items, start=1):
             yield INSERT_LINE(
@@ -167,7 +171,9 @@ class OrderDetailProjection(Projection):
         yield APPEND_LINE(
             event.order_id, str(item.product_id), item.quantity, cents(item.unit_price)
         )
-        yield ADD_TO_TOTAL(event.order_id, lines_total([item]), timestamp(event.occurred_at))
+        yield ADD_TO_TOTAL(
+            event.order_id, lines_total([item]), timestamp(event.occurred_at), event.version
+        )
 
     @on(ShippingAddressUpdated)
     def _address(self, event: ShippingAddressUpdated) -> Iterator[Statement]:
@@ -179,15 +185,16 @@ class OrderDetailProjection(Projection):
             address.postal_code,
             address.country,
             timestamp(event.occurred_at),
+            event.version,
         )
 
     @on(OrderShipped)
     def _shipped(self, event: OrderShipped) -> Iterator[Statement]:
-        yield SET_STATUS(event.order_id, SHIPPED, timestamp(event.occurred_at))
+        yield SET_STATUS(event.order_id, SHIPPED, timestamp(event.occurred_at), event.version)
 
     @on(OrderCancelled)
     def _cancelled(self, event: OrderCancelled) -> Iterator[Statement]:
-        yield SET_STATUS(event.order_id, CANCELLED, timestamp(event.occurred_at))
+        yield SET_STATUS(event.order_id, CANCELLED, timestamp(event.occurred_at), event.version)
 
 
 def order_by_id(read_models: ReadModelStore) -> Callable[[GetOrderById], Awaitable[OrderView]]:
@@ -226,6 +233,7 @@ def order_by_id(read_models: ReadModelStore) -> Callable[[GetOrderById], Awaitab
             ),
             created_at=datetime.fromisoformat(head["created_at"]),
             updated_at=datetime.fromisoformat(head["updated_at"]),
+            version=int(head["version"]),
         )
 
     return handle
