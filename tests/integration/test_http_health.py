@@ -85,6 +85,11 @@ async def test_projection_health_lists_every_projection_and_reaches_zero_lag(api
             "failures",
             "last_error",
             "updated_at",
+            "level",
+            "throughput",
+            "failing_position",
+            "parked",
+            "blocked_by",
         }
         assert row["head"] == token
         assert row["lag_seconds"] == 0

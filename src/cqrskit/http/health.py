@@ -1,10 +1,16 @@
 """Health endpoints: liveness, and the lag and state of every projection.
 
 - ``GET /health``: 200 ``{"status": "ok"}`` while the process serves requests.
-- ``GET /health/projections``: per projection its checkpoint (``position``), the log's
-  ``head``, ``lag_events``, ``lag_seconds``, the runner's ``state``, ``failures`` and
-  ``last_error``. The overall ``status`` is ``ok`` (200), or ``failing`` (503) when any
-  runner in this process is in the ``failed`` state. Positions are consistency tokens.
+- ``GET /health/projections``: per projection (and the NATS publisher, when configured) its
+  checkpoint (``position``), the log's ``head``, ``lag_events``, ``lag_seconds`` (age of the
+  oldest unapplied event), ``throughput`` (events/s over the last minute), ``state``
+  (``running``, ``catching_up``, ``stalled``, ``failed``, ``rebuilding``), ``level``
+  (``ok``, ``warn``, ``fail`` against the ``CQRSKIT_LAG_*`` thresholds), ``failures``,
+  ``last_error``, ``failing_position``, ``parked`` (dead letters waiting) and, on
+  PostgreSQL, ``blocked_by``: the long-running transaction holding the log back. The
+  overall ``status`` is ``ok`` (200), ``warn`` (200) or ``failing`` (503) when any
+  projection is at level ``fail`` (a failed handler, or lag over a fail threshold), so a
+  load balancer or probe can alert. Positions are consistency tokens.
 """
 
 from __future__ import annotations
@@ -15,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from cqrskit.projections.runner import ProjectionState
+from cqrskit.projections.status import lag_thresholds, projection_status
 
 if TYPE_CHECKING:
     from cqrskit.service import Runtime
 
 __all__ = ["health_router"]
-
-_MAX_ERROR_CHARS = 500
 
 
 def health_router(runtime: Callable[[Request], Runtime]) -> APIRouter:
@@ -36,38 +40,17 @@ def health_router(runtime: Callable[[Request], Runtime]) -> APIRouter:
 
     @router.get("/health/projections")
     async def projections(request: Request) -> JSONResponse:
-        """Lag and state of every projection."""
+        """Lag and state of every projection; 503 when one is failing."""
         rt = runtime(request)
-        rows: list[dict[str, Any]] = []
-        failing = False
-        head = None
-        for lag in await rt.lag():
-            runner = rt.runners.get(lag.name)
-            status = runner.status if runner is not None else None
-            state = status.state if status is not None else ProjectionState.IDLE
-            failing = failing or state is ProjectionState.FAILED
-            last_error = status.last_error if status is not None else None
-            head = lag.head
-            rows.append(
-                {
-                    "name": lag.name,
-                    "position": lag.position.token(),
-                    "head": lag.head.token(),
-                    "lag_events": lag.lag_events,
-                    "lag_seconds": round(lag.lag_seconds, 3),
-                    "state": state.value,
-                    "failures": status.failures if status is not None else 0,
-                    "last_error": last_error[:_MAX_ERROR_CHARS] if last_error else None,
-                    "updated_at": lag.updated_at.isoformat() if lag.updated_at else None,
-                }
-            )
-        if head is None:
-            head = await rt.backend.store.head()
-        body = {
-            "status": "failing" if failing else "ok",
+        statuses = await projection_status(rt, lag_thresholds(rt.settings))
+        levels = {status.level for status in statuses}
+        overall = "failing" if "fail" in levels else "warn" if "warn" in levels else "ok"
+        head = statuses[0].lag.head if statuses else await rt.backend.store.head()
+        body: dict[str, Any] = {
+            "status": overall,
             "head": head.token(),
-            "projections": rows,
+            "projections": [status.as_json() for status in statuses],
         }
-        return JSONResponse(body, status_code=503 if failing else 200)
+        return JSONResponse(body, status_code=503 if overall == "failing" else 200)
 
     return router

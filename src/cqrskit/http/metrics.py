@@ -16,7 +16,16 @@ one), so several apps in one process do not clash. Exposed series:
 - ``cqrskit_query_cache_invalidations_total{outcome}``: post-commit invalidations, ``ok`` or
   ``error`` (kept and retried).
 - ``cqrskit_projection_lag_events{projection}``, ``cqrskit_projection_lag_seconds{projection}``,
-  ``cqrskit_projection_failures{projection}``: measured when scraped.
+  ``cqrskit_projection_failures{projection}`` (failed attempts),
+  ``cqrskit_projection_checkpoint{projection}`` (log position),
+  ``cqrskit_projection_throughput{projection}`` (events/s over the last minute),
+  ``cqrskit_projection_parked_events{projection}`` (dead letters waiting),
+  ``cqrskit_projection_state{projection, state}`` (1 for the current state, 0 for the others)
+  and ``cqrskit_projection_level{projection}`` (0 ok, 1 warn, 2 fail): measured when scraped,
+  for every projection and the NATS publisher.
+- ``cqrskit_projection_visible_latency_seconds{projection}``: histogram of append-to-visible
+  latency (commit of the batch minus the event's ``recorded_at``), observed by the runners of
+  this process.
 """
 
 from __future__ import annotations
@@ -27,19 +36,28 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cqrskit.command_bus import CommandBus, CommandResult
 from cqrskit.messages import Command
+from cqrskit.projections.status import (
+    LATENCY_BUCKETS,
+    Meter,
+    lag_thresholds,
+    projection_status,
+)
 
 if TYPE_CHECKING:
     from cqrskit.read_models.cache import RedisQueryCache
     from cqrskit.service import Runtime
 
 __all__ = ["HttpMetrics", "Metrics", "metrics_router"]
+
+_STATES = ("running", "catching_up", "stalled", "failed", "rebuilding")
+_LEVELS = {"ok": 0, "warn": 1, "fail": 2}
 
 
 class Metrics:
@@ -88,10 +106,42 @@ class Metrics:
         r.register(self.cache)
         self.failures = Gauge(
             "cqrskit_projection_failures",
-            "Failed batches since the projection started.",
+            "Failed handler attempts since the projection started.",
             ["projection"],
             registry=r,
         )
+        self.checkpoint = Gauge(
+            "cqrskit_projection_checkpoint",
+            "Log position of the projection's checkpoint.",
+            ["projection"],
+            registry=r,
+        )
+        self.throughput = Gauge(
+            "cqrskit_projection_throughput",
+            "Events applied per second over the last minute (runners of this process).",
+            ["projection"],
+            registry=r,
+        )
+        self.parked = Gauge(
+            "cqrskit_projection_parked_events",
+            "Events parked as dead letters, waiting for a retry or a skip.",
+            ["projection"],
+            registry=r,
+        )
+        self.state = Gauge(
+            "cqrskit_projection_state",
+            "1 for the projection's current state, 0 for the others.",
+            ["projection", "state"],
+            registry=r,
+        )
+        self.level = Gauge(
+            "cqrskit_projection_level",
+            "Lag level against the thresholds: 0 ok, 1 warn, 2 fail.",
+            ["projection"],
+            registry=r,
+        )
+        self.latency = _LatencyCollector()
+        r.register(self.latency)
 
     async def dispatch(self, bus: CommandBus, command: Command) -> CommandResult:
         """Dispatch ``command`` on ``bus``, counting its outcome and timing it."""
@@ -112,12 +162,18 @@ class Metrics:
     async def refresh_projections(self, runtime: Runtime) -> None:
         """Measure projection lag now (called on every scrape); find the query cache."""
         self.cache.source = runtime.query_cache
-        for lag in await runtime.lag():
-            self.lag_events.labels(lag.name).set(lag.lag_events)
-            self.lag_seconds.labels(lag.name).set(lag.lag_seconds)
-            runner = runtime.runners.get(lag.name)
-            if runner is not None:
-                self.failures.labels(lag.name).set(runner.status.failures)
+        self.latency.meters = {name: r.status.meter for name, r in runtime.runners.items()}
+        for status in await projection_status(runtime, lag_thresholds(runtime.settings)):
+            name, lag = status.name, status.lag
+            self.lag_events.labels(name).set(lag.lag_events)
+            self.lag_seconds.labels(name).set(lag.lag_seconds)
+            self.failures.labels(name).set(status.failures)
+            self.checkpoint.labels(name).set(lag.position.position)
+            self.throughput.labels(name).set(status.throughput)
+            self.parked.labels(name).set(status.parked)
+            self.level.labels(name).set(_LEVELS.get(status.level, 2))
+            for state in _STATES:
+                self.state.labels(name, state).set(1 if status.state == state else 0)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -149,6 +205,27 @@ class _CacheCollector(Collector):
                 lookups.add_metric([query, outcome], count)
         yield lookups
         yield invalidations
+
+
+class _LatencyCollector(Collector):
+    """Reads the runners' append-to-visible latency histograms at scrape time."""
+
+    def __init__(self) -> None:
+        self.meters: dict[str, Meter] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "cqrskit_projection_visible_latency_seconds",
+            "Seconds from an event's append to its projection's commit.",
+            labels=["projection"],
+        )
+        for name, meter in sorted(self.meters.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), meter.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric([name], buckets, meter.latency_sum)
+        yield family
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

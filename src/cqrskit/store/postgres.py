@@ -274,6 +274,16 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(position, _event(row), row["recorded_at"])
 
 
+_OLDEST_TRANSACTION = (
+    "SELECT pid, datname, application_name, backend_xid::text AS xid, state, xact_start,"
+    " extract(epoch FROM now() - xact_start)::float8 AS xact_age, query_start,"
+    " extract(epoch FROM now() - query_start)::float8 AS query_age"
+    " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+    " AND xact_start < now() - make_interval(secs => $1)"
+    " ORDER BY age(backend_xid) DESC LIMIT 1"
+)
+
+
 class PostgresEventStore:
     """Event store on a :class:`~cqrskit._postgres.PostgresDatabase`."""
 
@@ -485,6 +495,29 @@ class PostgresEventStore:
             wait = remaining if self._listener.connected else min(_FALLBACK_POLL, remaining)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), wait)
+
+    async def oldest_transaction(self, min_age: float = 1.0) -> dict[str, Any] | None:
+        """Describe the oldest transaction holding an xid, when older than ``min_age`` seconds.
+
+        Any such transaction, in any database of the cluster, holds the log's read fence
+        back: events committed after it started stay invisible to projections until it ends.
+        Returns its pid, database, xid, state, application, start times and ages (never
+        its query text), or ``None``.
+        """
+        row = await self.db.fetchrow(_OLDEST_TRANSACTION, min_age)
+        if row is None:
+            return None
+        return {
+            "pid": row["pid"],
+            "database": row["datname"],
+            "application": row["application_name"],
+            "xid": row["xid"],
+            "state": row["state"],
+            "xact_start": row["xact_start"].isoformat(),
+            "xact_age_seconds": round(row["xact_age"], 3),
+            "query_start": row["query_start"].isoformat() if row["query_start"] else None,
+            "query_age_seconds": round(row["query_age"], 3) if row["query_age"] else None,
+        }
 
     async def close(self) -> None:
         if self._closed:
