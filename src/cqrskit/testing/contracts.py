@@ -31,6 +31,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from cqrskit.errors import ConcurrencyError, CqrskitError, IntegrityError, ProjectionError
+from cqrskit.idempotency import CommandRecord, DuplicateCommand
 from cqrskit.messages import (
     LOG_START,
     NIL_UUID,
@@ -116,10 +117,16 @@ async def wait_until_readable(
         await store.wait_for_events(head, min(remaining, 0.5))
 
 
-async def _append(store: EventStore, *streams: StreamAppend) -> AppendResult:
-    result = await store.append(*streams)
+async def _append(
+    store: EventStore, *streams: StreamAppend, command: CommandRecord | None = None
+) -> AppendResult:
+    result = await store.append(*streams, command=command)
     await wait_until_readable(store, result.position)
     return result
+
+
+def _record(key: str, digest: str = "h") -> CommandRecord:
+    return CommandRecord("alice", key, digest, "Deposit", '{"amount": "1.00"}')
 
 
 async def _log(store: EventStore, limit: int = 10_000) -> list[RecordedEvent]:
@@ -414,6 +421,72 @@ class EventStoreContract:
         await _append(store, _one("acct-a", NO_STREAM))
         (record,) = await _log(store)
         assert record.recorded_at.tzinfo is not None
+
+    # Command records (guarantees 8 and 9).
+
+    async def test_command_record_is_stored_with_its_events(self, store: EventStore) -> None:
+        record = _record("k1")
+        await _append(store, _one("acct-a", NO_STREAM))
+        result = await _append(
+            store, _one("acct-a", 1, deposit("1.00")), _one("acct-b", NO_STREAM), command=record
+        )
+        stored = await store.find_command("alice", "k1")
+        assert stored is not None
+        assert stored.record == record
+        assert stored.events == result.events
+        assert stored.position == result.position
+        assert await store.find_command("bob", "k1") is None
+        assert await store.find_command("alice", "k2") is None
+
+    async def test_one_event_append_records_its_command(self, store: EventStore) -> None:
+        result = await _append(store, _one("acct-a", NO_STREAM), command=_record("one"))
+        stored = await store.find_command("alice", "one")
+        assert stored is not None
+        assert stored.events == result.events
+
+    async def test_recorded_key_is_refused_and_nothing_stored(self, store: EventStore) -> None:
+        await _append(store, _one("acct-a", NO_STREAM), command=_record("k1"))
+        for streams in ([_one("acct-a", 1)], [_one("acct-b", NO_STREAM), _one("acct-c", 0)], []):
+            with pytest.raises((DuplicateCommand, ConcurrencyError)):
+                await store.append(*streams, command=_record("k1", digest="other"))
+        assert [e.version for e in await store.read_stream("acct-a")] == [1]
+        assert await store.read_stream("acct-b") == []
+        assert len(await _log(store)) == 1
+        stored = await store.find_command("alice", "k1")
+        assert stored is not None
+        assert stored.record.request_hash == "h"
+
+    async def test_record_without_events_is_stored(self, store: EventStore) -> None:
+        result = await store.append(command=_record("nothing"))
+        assert result.events == []
+        stored = await store.find_command("alice", "nothing")
+        assert stored is not None
+        assert stored.events == []
+        assert stored.position is None
+        with pytest.raises(DuplicateCommand):
+            await store.append(command=_record("nothing"))
+
+    async def test_failed_append_records_no_command(self, store: EventStore) -> None:
+        await _append(store, _one("acct-a", NO_STREAM))
+        with pytest.raises(ConcurrencyError):
+            await store.append(_one("acct-a", 0), command=_record("stale"))
+        assert await store.find_command("alice", "stale") is None
+        await _append(store, _one("acct-a", 1), command=_record("stale"))
+        assert await store.find_command("alice", "stale") is not None
+
+    async def test_racing_appends_with_one_key_store_once(self, store: EventStore) -> None:
+        outcomes = await asyncio.gather(
+            *(
+                store.append(_one(f"acct-{i}", NO_STREAM), command=_record("race"))
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        winners = [o for o in outcomes if isinstance(o, AppendResult)]
+        assert len(winners) == 1, outcomes
+        assert all(isinstance(o, DuplicateCommand) for o in outcomes if o not in winners)
+        await wait_until_readable(store, winners[0].position)
+        assert len(await _log(store)) == 1
 
     # Concurrency.
 
