@@ -23,8 +23,10 @@ from cqrskit.config import Settings
 from cqrskit.consistency import CheckpointWatch
 from cqrskit.messages import LogPosition
 from cqrskit.middleware import log_messages, retry_on_conflict
+from cqrskit.projections.generations import LiveReadModels
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
+from cqrskit.projections.rebuild import follow
 from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.projections.status import LagMonitor, ProjectionLag, lag_thresholds, projection_lag
 from cqrskit.query_bus import QueryBus
@@ -100,7 +102,10 @@ class Runtime:
         query_bus = QueryBus(
             [log_messages()], checkpoints=watch, max_wait=settings.consistency_timeout
         )
-        service.register(command_bus, query_bus, backend.read_models)
+        # Queries read the live generation of each projection (see projections.generations).
+        service.register(
+            command_bus, query_bus, LiveReadModels.wrap(backend.read_models, projections)
+        )
         cache, cached = _query_cache(settings, query_bus, {p.name for p in projections})
         runners = {}
         for p in projections:
@@ -135,7 +140,7 @@ class Runtime:
         self._stop.clear()
         self.checkpoints.attach(self.runners)
         for runner in self.runners.values():
-            self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
+            self._tasks.append(asyncio.create_task(follow(runner, self._stop), name=runner.name))
         if self.publisher is not None:
             # Its own checkpoint: rebuilding a projection never rewinds it or republishes.
             publisher = self.publisher

@@ -28,13 +28,20 @@ from cqrskit.projections.deadletters import (
     describe,
     park_statement,
 )
+from cqrskit.projections.generations import live_tables
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.status import Meter
 from cqrskit.read_models.protocol import ReadModelStore, Statement
 from cqrskit.store.protocol import EventStore
 
-__all__ = ["PoisonEvent", "ProjectionRunner", "ProjectionState", "RunnerStatus"]
+__all__ = [
+    "PoisonEvent",
+    "ProjectionRunner",
+    "ProjectionState",
+    "RebuildProgress",
+    "RunnerStatus",
+]
 
 _log = logging.getLogger("cqrskit.projections")
 
@@ -64,6 +71,32 @@ class RunnerStatus:
     """The event the handler fails on (``None`` when nothing is failing)."""
     meter: Meter = field(default_factory=Meter)
     """Throughput and append-to-visible latency."""
+    rebuild: RebuildProgress | None = None
+    """A blue/green rebuild of this projection in progress (see ``projections.rebuild``)."""
+
+
+@dataclass
+class RebuildProgress:
+    """How far a blue/green rebuild's shadow generation has come."""
+
+    version: int
+    generation: int
+    total: int
+    applied: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def percent(self) -> float:
+        """Share of the log applied to the shadow, 0 to 100."""
+        return 100.0 if self.total <= 0 else min(100.0, 100.0 * self.applied / self.total)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Estimated seconds until the shadow catches up (``None`` before the first batch)."""
+        elapsed = time.monotonic() - self.started_at
+        if self.applied <= 0 or elapsed <= 0:
+            return None
+        return max(0.0, (self.total - self.applied) / (self.applied / elapsed))
 
 
 class PoisonEvent(ProjectionError):
@@ -97,6 +130,8 @@ class ProjectionRunner:
         retry_delay: float = 0.05,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        checkpoint_name: str | None = None,
+        generation: int | None = None,
     ) -> None:
         self.store = store
         self.read_models = read_models
@@ -106,6 +141,13 @@ class ProjectionRunner:
         self.max_backoff = max_backoff
         self.status = RunnerStatus()
         self.listeners = list(listeners)
+        # Blue/green rebuilds: a shadow runner keeps its own checkpoint row and writes one
+        # fixed generation; a live runner (generation None) follows the live generation.
+        self.checkpoint_name = checkpoint_name or projection.name
+        self.fixed_generation = generation
+        self.generation = generation or 1
+        self.fence: Statement | None = None
+        """Run first in every batch's transaction (a lease's epoch check; see ``lease.py``)."""
         # Per projection (class attributes), unless the settings override them.
         retries = max_retries if max_retries is not None else getattr(projection, "max_retries", 3)
         policy = on_failure or getattr(projection, "on_failure", "stop")
@@ -124,8 +166,27 @@ class ProjectionRunner:
         return self.projection.name
 
     async def migrate(self) -> None:
-        """Create the projection's tables (idempotent)."""
-        await self.read_models.migrate(self.projection.schema)
+        """Create the projection's tables (idempotent), in the generation it writes."""
+        await self._resolve_generation()
+        generation = self.generation
+        await self.read_models.migrate(
+            [self.projection.physical(s, generation) for s in self.projection.schema]
+        )
+
+    async def _resolve_generation(self) -> None:
+        if self.fixed_generation is None and self.projection.tables:
+            self.generation = await live_tables(self.read_models).generation(self.projection)
+
+    async def _check_switched(self) -> None:
+        # A blue/green switch made by another process dropped this generation's tables and
+        # moved the checkpoint: the batch is discarded, the next one goes to the new tables.
+        if self.fixed_generation is not None or not self.projection.tables:
+            return
+        before = self.generation
+        await live_tables(self.read_models).refresh()
+        await self._resolve_generation()
+        if self.generation != before:
+            raise ProjectionError(f"{self.name} switched to generation {self.generation}")
 
     async def step(self, checkpoint: LogPosition, limit: int | None = None) -> LogPosition:
         """Apply the page after ``checkpoint``; return the new checkpoint (same when empty)."""
@@ -148,10 +209,12 @@ class ProjectionRunner:
         parking: tuple[str, int] | None = None,
     ) -> LogPosition:
         statements = self._statements(page, parking)
+        if self.fence is not None:
+            statements.insert(0, self.fence)
         position = page[-1].position
         try:
             await self.read_models.commit(
-                self.name, statements, expected=checkpoint, position=position
+                self.checkpoint_name, statements, expected=checkpoint, position=position
             )
         except IntegrityError as exc:
             parked = await self.read_models.parked_streams(self.name)
@@ -174,6 +237,8 @@ class ProjectionRunner:
         # ``parking``: (error, attempts) to park the page's single event instead of applying it.
         apply = self.projection.apply
         handled = self.projection.handled_types
+        generation = self.generation
+        physical = self.projection.physical
         statements: list[Statement] = []
         for record in page:
             event = record.event
@@ -185,7 +250,9 @@ class ProjectionRunner:
                 statements.append(park_statement(self.name, record, error, 0, first=False))
                 continue
             try:
-                statements.extend(apply(event))
+                statements.extend(
+                    Statement(physical(s.sql, generation), s.params) for s in apply(event)
+                )
             except Exception as exc:
                 raise _EventFailed(
                     f"{self.name} failed on {event.event_type} at"
@@ -254,9 +321,10 @@ class ProjectionRunner:
         itself holds the visibility fence back), so an empty one is repeated after the commit.
         """
         limit = limit or self.batch_size
-        checkpoint = await self.read_models.checkpoint(self.name)
+        await self._resolve_generation()
+        checkpoint = await self.read_models.checkpoint(self.checkpoint_name)
         self.status.checkpoint = checkpoint
-        self._parked = await self.read_models.parked_streams(self.name)
+        self._parked = await self.read_models.parked_streams(self.checkpoint_name)
         page = await self.store.read_all(after=checkpoint, limit=limit)
         while page:
             ahead = None
@@ -265,7 +333,9 @@ class ProjectionRunner:
                 ahead = asyncio.ensure_future(self.store.read_all(after=after, limit=limit))
             try:
                 checkpoint = await self._apply_page(checkpoint, page)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, Exception) and not isinstance(exc, _EventFailed):
+                    await self._check_switched()
                 if ahead is not None:
                     ahead.cancel()
                     await asyncio.gather(ahead, return_exceptions=True)
@@ -334,8 +404,13 @@ class ProjectionRunner:
         """Empty the read model, rewind to the start and replay the whole log."""
         self.status.state = ProjectionState.REBUILDING
         self.status.events_applied = 0
+        await self._resolve_generation()
         await self.read_models.reset(
-            self.name, [Statement(truncate, ()) for truncate in self.projection.truncate]
+            self.checkpoint_name,
+            [
+                Statement(self.projection.physical(truncate, self.generation), ())
+                for truncate in self.projection.truncate
+            ],
         )
         for listener in self.listeners:
             await self._tell(listener.rewound(self.projection))

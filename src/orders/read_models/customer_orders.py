@@ -86,6 +86,14 @@ class CustomerOrdersProjection(Projection):
 
     name = "customer_orders"
     version = 1
+    tables = (
+        "customer_orders_customers",
+        "customer_orders_orders",
+    )
+    indexes = (
+        "customer_orders_by_customer",
+        "customer_orders_by_customer_status",
+    )
     schema = _SCHEMA
     truncate = _TRUNCATE
 

@@ -106,6 +106,10 @@ class CustomerSummaryProjection(Projection):
 
     name = "customer_summary"
     version = 1
+    tables = (
+        "customer_summary_customers",
+        "customer_summary_orders",
+    )
     schema = _SCHEMA
     truncate = _TRUNCATE
 

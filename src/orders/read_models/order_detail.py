@@ -127,6 +127,12 @@ class OrderDetailProjection(Projection):
 
     name = "order_detail"
     version = 1
+    tables = (
+        "order_detail_customers",
+        "order_detail_products",
+        "order_detail_orders",
+        "order_detail_items",
+    )
     schema = _SCHEMA
     truncate = _TRUNCATE
 

@@ -248,6 +248,22 @@ class OrderSearchProjection(Projection):
 
     name = "order_search"
     version = 1
+    tables = (
+        "order_search_fts",
+        "order_search_customers",
+        "order_search_products",
+        "order_search_lines",
+        "order_search_orders",
+    )
+    indexes = (
+        "order_search_by_created",
+        "order_search_by_updated",
+        "order_search_by_total",
+        "order_search_by_customer",
+        "order_search_document",
+        "order_search_fts_insert",
+        "order_search_fts_update",
+    )
     schema = _SCHEMA
     truncate = _TRUNCATE
 

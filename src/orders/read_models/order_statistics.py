@@ -140,6 +140,17 @@ class OrderStatisticsProjection(Projection):
 
     name = "order_statistics"
     version = 1
+    tables = (
+        "order_statistics_products",
+        "order_statistics_orders",
+        "order_statistics_lines",
+    )
+    indexes = (
+        "order_statistics_orders_by_created",
+        "order_statistics_orders_by_customer",
+        "order_statistics_lines_by_created",
+        "order_statistics_lines_by_customer",
+    )
     schema = _SCHEMA
     truncate = _TRUNCATE
 
