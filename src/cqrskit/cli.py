@@ -1,4 +1,4 @@
-"""The ``cqrskit`` command line: serve, worker, migrate, projections, events, demo-data.
+"""The ``cqrskit`` command line: serve, worker, migrate, projections, events, deadletters.
 
 Every command takes ``--database-url`` (``CQRSKIT_DATABASE_URL``, default
 ``sqlite:///data/orders.db``) and ``--service`` (``CQRSKIT_SERVICE``, default
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from cqrskit._cli import deadletters as _deadletters
 from cqrskit._cli import events as _events
 from cqrskit._cli import projections as _projections
 from cqrskit._cli import serving as _serving
@@ -30,6 +31,7 @@ app.command()(_serving.migrate)
 app.command("demo-data")(_serving.demo_data)
 app.add_typer(_projections.app, name="projections")
 app.add_typer(_events.app, name="events")
+app.add_typer(_deadletters.app, name="deadletters")
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,8 +39,8 @@ from cqrskit._cli.common import (
     stop_event,
 )
 from cqrskit.errors import ProjectionError
-from cqrskit.messages import LOG_START, utc_now
-from cqrskit.projections.status import ProjectionLag
+from cqrskit.messages import LOG_START
+from cqrskit.projections.status import ProjectionStatus, lag_thresholds, projection_status
 from cqrskit.service import Runtime
 
 __all__ = ["app"]
@@ -82,56 +82,66 @@ def list_projections(
     run(body)
 
 
-def _lag_json(lag: ProjectionLag) -> dict[str, Any]:
-    return {
-        "name": lag.name,
-        "position": lag.position.token(),
-        "head": lag.head.token(),
-        "lag_events": lag.lag_events,
-        "lag_seconds": round(lag.lag_seconds, 3),
-        "updated_at": lag.updated_at.isoformat() if lag.updated_at else None,
-    }
+_STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 
-def _age(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    seconds = max(0, int((utc_now() - moment).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+def _note(status: ProjectionStatus) -> str:
+    note = status.last_error or ""
+    if status.failing_position is not None:
+        note = f"failing at {status.failing_position.token()}: {note}"
+    if status.blocked_by is not None:
+        b = status.blocked_by
+        note = (
+            f"{note} held back by transaction pid {b['pid']} xid {b['xid']} ({b['state']}),"
+            f" open {b['xact_age_seconds']:.0f} s since {b['xact_start']}"
+        ).strip()
+    return note[:500]
 
 
-def _lag_table(lags: list[ProjectionLag]) -> Table:
-    table = Table(title="projections")
+def _status_table(statuses: list[ProjectionStatus]) -> Group:
+    head = statuses[0].lag.head.token() if statuses else "-"
+    table = Table(title=f"projections (head {head})", box=box.SIMPLE_HEAD)
     table.add_column("name", style="bold", no_wrap=True)
-    for column in ("position", "head", "lag events", "lag seconds"):
+    table.add_column("state", no_wrap=True)
+    for column in ("position", "lag events", "lag seconds", "events/s"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("updated")
-    for lag in lags:
-        style = "green" if lag.lag_events == 0 else "yellow"
-        table.add_row(
-            lag.name,
+    parked = any(status.parked for status in statuses)
+    if parked:
+        table.add_column("parked", justify="right", no_wrap=True)
+    notes: list[Text] = []
+    for status in statuses:
+        lag, style = status.lag, _STYLES.get(status.level, "red")
+        cells: list[str | Text] = [
+            Text(status.name),
+            Text(status.state, style=style),
             lag.position.token(),
-            lag.head.token(),
             Text(f"{lag.lag_events:,}", style=style),
             Text(f"{lag.lag_seconds:.1f}", style=style),
-            _age(lag.updated_at),
-        )
-    return table
+            f"{status.throughput:,.1f}",
+        ]
+        if parked:
+            cells.append(Text(str(status.parked), style="red" if status.parked else ""))
+        table.add_row(*cells)
+        note = _note(status)
+        if note:
+            notes.append(Text(f"{status.name}: {note}", style=style))
+    return Group(table, *notes)
+
+
+async def _statuses(runtime: Runtime) -> list[ProjectionStatus]:
+    return await projection_status(runtime, lag_thresholds(runtime.settings))
 
 
 async def _watch(runtime: Runtime, console: Console, every: float, as_json: bool) -> None:
     stop = stop_event()
     while True:
-        lags = await runtime.lag()
+        statuses = await _statuses(runtime)
         if as_json:
-            typer.echo(json.dumps([_lag_json(lag) for lag in lags]))
+            typer.echo(json.dumps([status.as_json() for status in statuses]))
         else:
             if console.is_terminal:
                 console.clear()
-            console.print(_lag_table(lags))
+            console.print(_status_table(statuses))
         try:
             await asyncio.wait_for(stop.wait(), every)
             return
@@ -151,9 +161,12 @@ def status(
         ),
     ] = None,
 ) -> None:
-    """Show each projection's position, the head of the log and how far behind it is.
+    """Show each projection's state, position, lag, throughput, parked events and errors.
 
-    Lag in seconds is the age of the oldest event the projection has not applied yet.
+    Lag in seconds is the age of the oldest event the projection has not applied yet; the
+    state is judged against CQRSKIT_LAG_WARN_SECONDS / CQRSKIT_LAG_FAIL_SECONDS. Run here,
+    without the projection runners, ``stalled`` means behind past the warn threshold. On
+    PostgreSQL a long-running transaction that holds the log back is named.
     """
 
     async def body() -> None:
@@ -163,11 +176,11 @@ def status(
             if watch is not None:
                 await _watch(runtime, out_console(), watch, as_json)
                 return
-            lags = await runtime.lag()
+            statuses = await _statuses(runtime)
             if as_json:
-                typer.echo(json.dumps([_lag_json(lag) for lag in lags], indent=2))
+                typer.echo(json.dumps([status.as_json() for status in statuses], indent=2))
             else:
-                out_console().print(_lag_table(lags))
+                out_console().print(_status_table(statuses))
 
     run(body, hint=_MIGRATE_HINT)
 

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from cqrskit.command_bus import CommandResult
 from cqrskit.config import Settings
+from cqrskit.http.admin import router as admin_router
 from cqrskit.http.health import health_router
 from cqrskit.http.limits import BodySizeLimit
 from cqrskit.http.metrics import HttpMetrics, Metrics, metrics_router
@@ -104,6 +105,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(health_router(get_runtime))
     app.include_router(metrics_router(metrics, get_runtime))
+    app.include_router(admin_router)
     # The last middleware added runs outermost: count every request, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, metrics=metrics)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cqrskit.errors import NotFound, ProjectionError
 from cqrskit.messages import RecordedEvent
@@ -41,6 +41,7 @@ __all__ = [
     "FailurePolicy",
     "SettleResult",
     "backoff_delays",
+    "dead_letter_json",
     "describe",
     "park_statement",
     "retry_dead_letters",
@@ -95,6 +96,24 @@ def park_statement(
         attempts,
         record.position.position if first else None,
     )
+
+
+def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON (its position as a consistency token)."""
+    return {
+        "id": row.id,
+        "projection": row.projection,
+        "position": row.position.token(),
+        "stream_id": row.stream_id,
+        "version": row.version,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "error": row.error,
+        "attempts": row.attempts,
+        "status": row.status,
+        "parked_at": row.parked_at.isoformat() if row.parked_at else None,
+        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+    }
 
 
 @dataclass(frozen=True)
