@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """Aggregates the command bus keeps in memory per process (0 turns the cache off)."""
     snapshot_every: int = Field(default=100, ge=0, le=1_000_000)
     """Snapshot a snapshottable aggregate every N events (0 turns snapshots off)."""
+    api_keys: SecretStr | None = None
+    """Turns on API-key auth: JSON ``{"<key>": {"user_id", "roles"}}`` or ``key=user:role|...``."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "info"
     consistency_timeout: float = Field(default=5.0, ge=0, le=300)

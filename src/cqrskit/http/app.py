@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import Depends, FastAPI, Request, Response
 
 from cqrskit.command_bus import CommandResult
 from cqrskit.config import Settings
+from cqrskit.http.auth import ApiKeys, authenticate, current_correlation_id, current_user_id
 from cqrskit.http.admin import router as admin_router
 from cqrskit.http.health import health_router
 from cqrskit.http.limits import BodySizeLimit
@@ -53,16 +55,35 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 class CommandSender:
     """Sends commands for one request: dispatch, metrics, consistency-token header."""
 
-    def __init__(self, runtime: Runtime, metrics: Metrics, response: Response) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: Metrics,
+        response: Response,
+        *,
+        user_id: str | None = None,
+        correlation_id: UUID | None = None,
+    ) -> None:
         self._runtime = runtime
         self._metrics = metrics
         self._response = response
+        self._user_id = user_id
+        self._correlation_id = correlation_id
 
     async def send(self, command: Command) -> str | None:
         """Dispatch ``command``; return its consistency token (also set as a header).
 
-        Errors propagate unchanged (the problem handlers map them to a status).
+        The command's ``user_id`` is the request's verified principal's (``None`` when
+        anonymous), whatever the route put there; ``X-Correlation-ID`` sets its correlation
+        id. Errors propagate unchanged (the problem handlers map them to a status).
         """
+        stamp: dict[str, object] = {}
+        if command.user_id != self._user_id:
+            stamp["user_id"] = self._user_id
+        if self._correlation_id is not None:
+            stamp["correlation_id"] = self._correlation_id
+        if stamp:
+            command = command.model_copy(update=stamp)
         result: CommandResult = await self._metrics.dispatch(self._runtime.command_bus, command)
         token = result.token
         if token is not None:
@@ -75,7 +96,13 @@ def get_commands(request: Request, response: Response) -> CommandSender:
     metrics = request.app.state.metrics
     if not isinstance(metrics, Metrics):
         raise RuntimeError("the app was not built by create_app")
-    return CommandSender(get_runtime(request), metrics, response)
+    return CommandSender(
+        get_runtime(request),
+        metrics,
+        response,
+        user_id=current_user_id(request),
+        correlation_id=current_correlation_id(request),
+    )
 
 
 Commands = Annotated[CommandSender, Depends(get_commands)]
@@ -97,7 +124,17 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
             await runtime.close()
 
     metrics = Metrics()
-    app = FastAPI(title=service.title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # Every route authenticates (http/auth.py): writes and /admin need a key when keys exist.
+    app = FastAPI(
+        title=service.title,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        dependencies=[Depends(authenticate)],
+    )
+    app.state.api_keys = ApiKeys.parse(
+        settings.api_keys.get_secret_value() if settings.api_keys else None
+    )
     app.state.metrics = metrics
     app.state.runtime = None
     install_problem_handlers(app)
