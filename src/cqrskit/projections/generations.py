@@ -152,18 +152,28 @@ class LiveReadModels:
 
     async def fetch(self, query: Sql, *params: Any) -> list[Mapping[str, Any]]:
         await self._loaded()
+        text = self._live.physical(query)
         try:
-            return await self._inner.fetch(self._live.physical(query), *params)
+            return await self._inner.fetch(text, *params)
         except Exception:
-            if not await self._live.refresh():
+            again = await self._after_failure(query, text)
+            if again is None:
                 raise
-            return await self._inner.fetch(self._live.physical(query), *params)
+            return await self._inner.fetch(again, *params)
 
     async def fetchone(self, query: Sql, *params: Any) -> Mapping[str, Any] | None:
         await self._loaded()
+        text = self._live.physical(query)
         try:
-            return await self._inner.fetchone(self._live.physical(query), *params)
+            return await self._inner.fetchone(text, *params)
         except Exception:
-            if not await self._live.refresh():
+            again = await self._after_failure(query, text)
+            if again is None:
                 raise
-            return await self._inner.fetchone(self._live.physical(query), *params)
+            return await self._inner.fetchone(again, *params)
+
+    async def _after_failure(self, query: Sql, text: Sql) -> Sql | None:
+        # A switch (here or in another process) may have dropped the tables just read.
+        await self._live.refresh()
+        again = self._live.physical(query)
+        return None if again == text else again
