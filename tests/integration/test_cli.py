@@ -24,7 +24,9 @@ from typer.testing import CliRunner, Result
 
 from cqrskit.backend import open_backend
 from cqrskit.cli import app
+from cqrskit.projections.generations import LiveReadModels
 from cqrskit.read_models.protocol import sql
+from orders.service import service
 
 DEADLINE = 30.0
 """Upper bound for waits on real processes (a bound, not a timing assertion)."""
@@ -69,9 +71,11 @@ def assert_clean_failure(result: Result, code: int | None = None) -> None:
 def read_model_rows(url: str) -> dict[str, list[Mapping[str, Any]]]:
     async def read() -> dict[str, list[Mapping[str, Any]]]:
         backend = await open_backend(url, migrate=False)
+        # A blue/green rebuild moves the tables to a new generation; read the live one.
+        read_models = LiveReadModels.wrap(backend.read_models, service.projections())
         try:
             return {
-                table: await backend.read_models.fetch(
+                table: await read_models.fetch(
                     sql(f"SELECT * FROM {table} ORDER BY 1, 2")  # noqa: S608 - constant names
                 )
                 for table in ORDER_DETAIL_TABLES

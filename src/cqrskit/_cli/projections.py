@@ -40,6 +40,8 @@ from cqrskit._cli.common import (
 )
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START
+from cqrskit.projections.rebuild import BlueGreenRebuild
+from cqrskit.projections.runner import ProjectionRunner, RebuildProgress
 from cqrskit.projections.status import ProjectionStatus, lag_thresholds, projection_status
 from cqrskit.service import Runtime
 
@@ -207,8 +209,11 @@ def _progress() -> Progress:
     )
 
 
-async def _rebuild_one(runtime: Runtime, name: str, batch_size: int) -> None:
+async def _rebuild_one(runtime: Runtime, name: str, batch_size: int, in_place: bool) -> None:
     runner = runtime.runners[name]
+    if not in_place and runner.projection.tables:
+        await _blue_green(runner, batch_size)
+        return
     total = await runtime.backend.store.count_after(LOG_START)
     started = time.perf_counter()
     with _progress() as progress:
@@ -234,6 +239,32 @@ async def _rebuild_one(runtime: Runtime, name: str, batch_size: int) -> None:
     )
 
 
+async def _blue_green(runner: ProjectionRunner, batch_size: int) -> None:
+    started = time.perf_counter()
+    last: list[RebuildProgress] = []
+    with _progress() as progress:
+        task = progress.add_task(runner.name, total=None)
+
+        def advance(status: RebuildProgress) -> None:
+            last[:] = [status]
+            progress.update(task, total=status.total, completed=status.applied)
+
+        checkpoint = await BlueGreenRebuild(runner, batch_size=batch_size, progress=advance).run()
+        if last:
+            progress.update(task, completed=last[0].total)
+    elapsed = time.perf_counter() - started
+    applied = last[0].applied if last else 0
+    generation = last[0].generation if last else 0
+    rate = applied / elapsed if elapsed > 0 else 0.0
+    out_console().print(
+        f"rebuilt [bold]{runner.name}[/bold]: {applied:,} events in {elapsed:.2f} s"
+        f" ({rate:,.0f} events/s) into generation {generation}, switched at checkpoint"
+        f" {checkpoint.token()}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def rebuild(
     name: Annotated[
@@ -243,14 +274,23 @@ def rebuild(
     batch_size: Annotated[
         int, typer.Option(min=1, max=100_000, help="Events per transaction.")
     ] = 5000,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place", help="Empty the live tables and replay into them (queries see it)."
+        ),
+    ] = False,
     database_url: DatabaseUrl = None,
     service: ServicePath = DEFAULT_SERVICE,
 ) -> None:
-    """Empty a projection's tables and replay the whole event log into them.
+    """Rebuild a projection from the whole event log without downtime (blue/green).
 
-    Each batch commits with the projection's checkpoint, so an interrupted rebuild resumes
-    where it stopped the next time the projection runs. Queries see a partly rebuilt read
-    model until it finishes.
+    The next generation of its tables is built beside the live one, which keeps serving
+    queries and following the log (in this or any other process); when it has caught up,
+    reads switch to it in one transaction and the old tables are dropped. Each batch commits
+    with the shadow's own checkpoint, so an interrupted rebuild resumes where it stopped the
+    next time it is started. `--in-place` empties the live tables instead (queries see a
+    partly rebuilt read model until it finishes).
     """
 
     async def body() -> None:
@@ -264,6 +304,6 @@ def rebuild(
         require_database(settings)
         async with open_runtime(svc, settings, migrate=True) as runtime:
             for each in known if all_ else [name or ""]:
-                await _rebuild_one(runtime, each, batch_size)
+                await _rebuild_one(runtime, each, batch_size, in_place)
 
     run(body)
