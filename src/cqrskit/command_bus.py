@@ -26,6 +26,7 @@ trip.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple, TypeVar
@@ -162,6 +163,10 @@ class CommandBus:
             except Exception:
                 raise exc from None
             if stored is None:
+                if isinstance(exc, ConcurrencyError) and exc.current_version is None:
+                    # The caller sees the current version when retries run out (HTTP 409).
+                    with contextlib.suppress(Exception):
+                        exc.current_version = await self._store.stream_version(exc.stream_id)
                 raise
         return self._replay(stored, record, options)
 
