@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -234,9 +235,16 @@ async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list
     for row in dead:
         if row.status == "parked":
             parked[row.projection] = parked.get(row.projection, 0) + 1
-    blocker = await _blocker(runtime) if any(lag.lag_events for lag in lags) else None
+    blocker = await _blocker(runtime)
     out = []
     for lag in lags:
+        if blocker is not None:
+            # Committed but behind the read fence: unapplied too, only not yet readable.
+            lag = dataclasses.replace(
+                lag,
+                lag_events=lag.lag_events + blocker["held_events"],
+                lag_seconds=max(lag.lag_seconds, blocker["held_seconds"]),
+            )
         runner: Any = runtime.runners.get(lag.name)
         if runner is None and runtime.publisher is not None and lag.name == runtime.publisher.name:
             runner = runtime.publisher
@@ -259,7 +267,7 @@ async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list
                 last_error=status.last_error if status is not None else None,
                 failing_position=getattr(status, "failing_position", None),
                 parked=parked.get(lag.name, 0),
-                blocked_by=blocker if lag.lag_events else None,
+                blocked_by=blocker,
             )
         )
     return out

@@ -274,6 +274,11 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(position, _event(row), row["recorded_at"])
 
 
+_HELD_BACK = (
+    "SELECT count(*) AS n, min(e.recorded_at) AS since,"  # noqa: S608 (constant text)
+    " coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0) AS age"
+    f" FROM events e WHERE e.transaction_id >= {_FENCE}"
+)
 _OLDEST_TRANSACTION = (
     "SELECT pid, datname, application_name, backend_xid::text AS xid, state, xact_start,"
     " extract(epoch FROM now() - xact_start)::float8 AS xact_age, query_start,"
@@ -497,17 +502,24 @@ class PostgresEventStore:
                 await asyncio.wait_for(wakeup.wait(), wait)
 
     async def oldest_transaction(self, min_age: float = 1.0) -> dict[str, Any] | None:
-        """Describe the oldest transaction holding an xid, when older than ``min_age`` seconds.
+        """Describe the transaction holding the log back, if one is older than ``min_age`` s.
 
-        Any such transaction, in any database of the cluster, holds the log's read fence
-        back: events committed after it started stay invisible to projections until it ends.
-        Returns its pid, database, xid, state, application, start times and ages (never
-        its query text), or ``None``.
+        Any transaction with an xid, in any database of the cluster, holds the log's read
+        fence back: events committed after it started stay invisible to projections until it
+        ends. When such events exist, returns how many (``held_events``) and since when
+        (``held_since``, the oldest one's ``recorded_at``), and the oldest xid holder's pid,
+        database, xid, state, application, start times and ages (never its query text).
         """
+        held = await self.db.fetchrow(_HELD_BACK)
+        if held is None or not held["n"]:
+            return None
         row = await self.db.fetchrow(_OLDEST_TRANSACTION, min_age)
         if row is None:
             return None
         return {
+            "held_events": int(held["n"]),
+            "held_since": held["since"].isoformat(),
+            "held_seconds": round(held["age"], 3),
             "pid": row["pid"],
             "database": row["datname"],
             "application": row["application_name"],
