@@ -6,6 +6,7 @@ refused and stores nothing. Correlation ids from ``X-Correlation-ID`` reach ever
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -15,7 +16,9 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from fastapi import APIRouter
+from typer.testing import CliRunner
 
+from cqrskit.cli import app as cli_app
 from cqrskit.config import Settings
 from cqrskit.http.auth import ApiKeys, Principal
 from cqrskit.service import Service
@@ -225,3 +228,36 @@ def test_key_formats() -> None:
     for bad in ('{"k": "alice"}', "[1]", "{oops", "no-equals", "k=", 'k={"x"}', "k=al ice"):
         with pytest.raises(ValueError):  # noqa: PT011
             ApiKeys.parse(bad)
+
+
+async def test_events_show_prints_the_audit_trail(api: Served) -> None:
+    correlation = uuid4()
+    response = await api.client.post(
+        f"{API}/customers",
+        json={"name": "Ada", "email": "ada@ex.com"},
+        headers={**bearer(ALICE), "X-Correlation-ID": str(correlation)},
+    )
+    stream = f"customer-{response.json()['customer_id']}"
+    (event,) = await _events(api, stream)
+    url = api.runtime.settings.database_url
+    runner = CliRunner(env={"CQRSKIT_DATABASE_URL": None, "CQRSKIT_SERVICE": None})
+    shown = await asyncio.to_thread(
+        runner.invoke, cli_app, ["events", "show", stream, "--database-url", url]
+    )
+    assert shown.exit_code == 0, shown.stdout
+    assert "alice" in shown.stdout
+    assert str(event.metadata.causation_id)[:8] in shown.stdout  # type: ignore[attr-defined]
+    assert str(correlation)[:8] in shown.stdout
+    as_json = await asyncio.to_thread(
+        runner.invoke, cli_app, ["events", "show", stream, "--json", "--database-url", url]
+    )
+    (row,) = json.loads(as_json.stdout)
+    assert row["metadata"] == {
+        "user_id": "alice",
+        "causation_id": str(event.metadata.causation_id),  # type: ignore[attr-defined]
+        "correlation_id": str(correlation),
+    }
+    tail = await asyncio.to_thread(
+        runner.invoke, cli_app, ["events", "tail", "-n", "1", "--database-url", url]
+    )
+    assert "alice" in tail.stdout

@@ -59,6 +59,7 @@ def _event_json(event: DomainEvent, position: LogPosition | None = None) -> dict
         "version": event.version,
         "event_id": str(event.event_id),
         "event_type": event.event_type,
+        "schema_version": event.schema_version,
         "occurred_at": event.occurred_at.isoformat(),
         "metadata": event.metadata.model_dump(mode="json"),
         "data": event.model_dump(mode="json", exclude=set(ENVELOPE_FIELDS)),
@@ -92,7 +93,11 @@ def show(
     service: ServicePath = DEFAULT_SERVICE,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one stream's history: version, type, time, user, causation, correlation, payload."""
+    """Show one stream's audit trail: version, type, time, user, causation, correlation, payload.
+
+    The user is the verified principal that sent the command (empty: anonymous), causation
+    the command's id, correlation the request's ``X-Correlation-ID`` (else the command id).
+    """
 
     async def body() -> None:
         _check_stream_id(stream_id)
@@ -109,7 +114,7 @@ def show(
         table.add_column("version", justify="right")
         table.add_column("type", no_wrap=True)
         for column in ("occurred_at", "user", "causation", "correlation"):
-            table.add_column(column, no_wrap=column != "user")
+            table.add_column(column, no_wrap=True, min_width=8 if column == "user" else None)
         table.add_column("payload", overflow="fold")
         for e in events:
             meta = e.metadata
@@ -168,6 +173,8 @@ def tail(
         table.add_column("version", justify="right", no_wrap=True)
         table.add_column("type", no_wrap=True)
         table.add_column("occurred_at", no_wrap=True)
+        table.add_column("user", no_wrap=True, min_width=8)
+        table.add_column("causation", no_wrap=True)
         table.add_column("payload", overflow="fold")
         for r in records:
             e = r.event
@@ -177,6 +184,8 @@ def tail(
                 str(e.version),
                 Text(e.event_type, style="bold"),
                 e.occurred_at.strftime("%Y-%m-%d\n%H:%M:%S"),
+                Text(e.metadata.user_id or ""),
+                _short(e.metadata.causation_id),
                 _payload(e),
             )
         out_console().print(table)
