@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -72,22 +73,20 @@ def list_dead_letters(
         if not rows:
             out_console().print("no dead letters", highlight=False)
             return
-        table = Table(title="dead letters")
-        for column in ("id", "projection", "stream", "version", "event type", "position"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("attempts", justify="right")
-        table.add_column("status")
-        table.add_column("error")
+        table = Table(title="dead letters", box=box.SIMPLE_HEAD)
+        table.add_column("id", justify="right", no_wrap=True)
+        table.add_column("projection", no_wrap=True)
+        table.add_column("stream / version", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        table.add_column("tries", justify="right", no_wrap=True)
+        table.add_column("error", overflow="fold")
         for row in rows:
             table.add_row(
                 str(row.id),
                 Text(row.projection),
-                Text(row.stream_id),
-                str(row.version),
-                Text(row.event_type),
-                row.position.token(),
-                str(row.attempts),
+                Text(f"{row.stream_id} v{row.version}"),
                 Text(row.status, style="red" if row.status == "parked" else "dim"),
+                str(row.attempts),
                 Text(row.error),
             )
         out_console().print(table)
