@@ -194,6 +194,16 @@ async def test_admin_routes_need_the_admin_role(sqlite_url: str) -> None:
         assert allowed.json() == {"pong": "yes"}
 
 
+async def test_operator_endpoints_need_the_admin_role(api: Served) -> None:
+    path = "/admin/deadletters"
+    assert_unauthorized(await api.client.get(path))
+    assert (await api.client.get(path, headers=bearer(ALICE))).status_code == 403
+    assert (await api.client.get(path, headers=bearer(ROOT))).status_code == 200
+    retry = "/admin/deadletters/order_detail/order-1/retry"
+    assert_unauthorized(await api.client.post(retry))
+    assert (await api.client.post(retry, headers=bearer(ALICE))).status_code == 403
+
+
 async def test_keys_never_reach_the_logs(api: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await api.client.post(

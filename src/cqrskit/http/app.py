@@ -19,8 +19,14 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from cqrskit.command_bus import CommandResult
 from cqrskit.config import Settings
-from cqrskit.http.auth import ApiKeys, authenticate, current_correlation_id, current_user_id
 from cqrskit.http.admin import router as admin_router
+from cqrskit.http.auth import (
+    ApiKeys,
+    authenticate,
+    current_correlation_id,
+    current_user_id,
+    require_admin,
+)
 from cqrskit.http.health import health_router
 from cqrskit.http.limits import BodySizeLimit
 from cqrskit.http.metrics import HttpMetrics, Metrics, metrics_router
@@ -142,7 +148,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(health_router(get_runtime))
     app.include_router(metrics_router(metrics, get_runtime))
-    app.include_router(admin_router)
+    app.include_router(admin_router, dependencies=[Depends(require_admin)])
     # The last middleware added runs outermost: count every request, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, metrics=metrics)
