@@ -142,6 +142,8 @@ class Repository:
             if not events:
                 return None
             aggregate = cls.rehydrate(aggregate_id, events)
+            if self._snapshots is not None:
+                self._snapshots.seen(aggregate)
         if cache is not None:
             cache.put(aggregate)
         self._tracked[stream_id] = aggregate

@@ -121,11 +121,34 @@ class Snapshotter:
     """The repository's snapshot policy over a :class:`SnapshotStore`."""
 
     def __init__(
-        self, store: SnapshotStore, every: int, overrides: Mapping[str, int] | None = None
+        self,
+        store: SnapshotStore,
+        every: int,
+        overrides: Mapping[str, int] | None = None,
+        *,
+        remember: int = 100_000,
     ) -> None:
         self.store = store
         self.every = every
         self.overrides = dict(overrides or {})
+        # Streams last seen shorter than their interval have no snapshot to look up: their
+        # loads skip that round trip. If another process grew one since, the load replays
+        # (correct, only slower) and the next save or load here corrects the entry.
+        self._short: dict[str, None] = {}
+        self._remember = remember
+
+    def seen(self, aggregate: Aggregate) -> None:
+        """Note the version a stream was loaded or saved at."""
+        every = self.interval(type(aggregate))
+        if every == 0:
+            return
+        stream_id = aggregate.stream_id
+        if aggregate.version < every:
+            self._short[stream_id] = None
+            if len(self._short) > self._remember:
+                del self._short[next(iter(self._short))]
+        else:
+            self._short.pop(stream_id, None)
 
     def interval(self, cls: type[Aggregate]) -> int:
         """Events between snapshots of ``cls`` (0: never)."""
@@ -140,6 +163,8 @@ class Snapshotter:
         if self.interval(cls) == 0:
             return None
         stream_id = cls.stream_id_for(aggregate_id)
+        if stream_id in self._short:
+            return None
         try:
             snapshot = await self.store.load(stream_id)
         except Exception as exc:
@@ -173,6 +198,7 @@ class Snapshotter:
         """
         ids = {(r.event.stream_id, r.event.version): r.event.event_id for r in events}
         for aggregate, loaded in saved:
+            self.seen(aggregate)
             every = self.interval(type(aggregate))
             if every == 0 or loaded // every == aggregate.version // every:
                 continue

@@ -137,3 +137,37 @@ def test_order_state_round_trips() -> None:
     assert restored.total_amount == Decimal("7.00")
     assert snapshottable(Order)
     assert snapshottable(Product)
+
+
+class _CountingSnapshots(MemorySnapshotStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load(self, stream_id: str) -> Snapshot | None:
+        self.loads += 1
+        return await super().load(stream_id)
+
+
+async def test_streams_known_to_be_short_skip_the_snapshot_lookup() -> None:
+    store, snaps = MemoryEventStore(), _CountingSnapshots()
+    snapshotter = Snapshotter(snaps, 5)
+    product_id = await _product_history(store, snapshotter, 2)  # version 3 < 5
+    before = snaps.loads
+    await Repository(store, snapshots=snapshotter).load(Product, product_id)
+    assert snaps.loads == before
+    # Another process (its own snapshotter) grows the stream past the interval.
+    elsewhere = Snapshotter(snaps, 5)
+    for n in range(4):
+        repo = Repository(store, snapshots=elsewhere)
+        product = await repo.load(Product, product_id)
+        product.reserve(f"later-{n}", 1, at=AT)
+        await repo.save()
+    assert snaps.snapshots[Product.stream_id_for(product_id)].version == 5
+    # Here the stream is still known as short: a replay, still the right state.
+    loaded = await Repository(store, snapshots=snapshotter).load(Product, product_id)
+    assert (loaded.version, loaded.stock) == (7, 1000 - 1 - 2 - 4)
+    # Now known as long: the next load looks the snapshot up.
+    before = snaps.loads
+    await Repository(store, snapshots=snapshotter).load(Product, product_id)
+    assert snaps.loads == before + 1
