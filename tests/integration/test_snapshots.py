@@ -27,7 +27,7 @@ from cqrskit.errors import CqrskitError
 from cqrskit.messages import Command
 from cqrskit.middleware import retry_on_conflict
 from cqrskit.repository import Repository
-from cqrskit.snapshots import Snapshotter, snapshot_store_for
+from cqrskit.snapshots import Snapshot, Snapshotter, snapshot_store_for
 from orders.customer import RegisterCustomer
 from orders.handlers import register_command_handlers
 from orders.order import AddOrderItem, CancelOrder, CreateOrder, Order, ShipOrder
@@ -207,5 +207,24 @@ async def test_tampered_snapshot_is_ignored(database_url: str, statement: str) -
             Product, str(product_id)
         )
         assert again.stock == slow.stock + 2
+    finally:
+        await backend.close()
+
+
+async def test_snapshot_store_keeps_only_the_newest(database_url: str) -> None:
+    await _migrate(database_url)
+    backend = await open_backend(database_url, migrate=False)
+    try:
+        store = snapshot_store_for(backend.store)
+        assert await store.load("thing-1") is None
+        first = Snapshot("thing-1", 5, uuid4(), "thing", 1, '{"n": 5}')
+        await store.save(first)
+        await store.save(first._replace(version=3, state='{"n": 3}'))
+        await store.save(first._replace(version=5, state='{"n": "again"}'))
+        assert await store.load("thing-1") == first
+        newer = Snapshot("thing-1", 8, uuid4(), "thing", 2, '{"n": "ünï\\"}"}')
+        await store.save(newer)
+        assert await store.load("thing-1") == newer
+        assert await store.load("thing-2") is None
     finally:
         await backend.close()
