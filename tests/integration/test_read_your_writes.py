@@ -18,7 +18,13 @@ import pytest
 
 from cqrskit.config import Settings
 from cqrskit.messages import LogPosition
-from cqrskit.read_models.protocol import CheckpointRow, ReadModelStore, Sql, Statement
+from cqrskit.read_models.protocol import (
+    CheckpointRow,
+    DeadLetter,
+    ReadModelStore,
+    Sql,
+    Statement,
+)
 from cqrskit.service import Runtime
 from orders.service import service as orders_service
 from tests.integration.http_server import DEADLINE_SECONDS, Served, serve
@@ -167,6 +173,35 @@ class StalledReadModels:
 
     async def reset(self, name: str, statements: Sequence[Statement]) -> None:
         await self.inner.reset(name, statements)
+
+    async def dead_letters(
+        self, projection: str | None = None, *, stream_id: str | None = None
+    ) -> list[DeadLetter]:
+        return await self.inner.dead_letters(projection, stream_id=stream_id)
+
+    async def parked_streams(self, projection: str) -> frozenset[str]:
+        return await self.inner.parked_streams(projection)
+
+    async def settle_dead_letters(
+        self,
+        projection: str,
+        stream_id: str,
+        *,
+        expected: Sequence[int],
+        statements: Sequence[Statement],
+        remove: Sequence[int] = (),
+        skip: Sequence[int] = (),
+        failed: tuple[int, str] | None = None,
+    ) -> None:
+        await self.inner.settle_dead_letters(
+            projection,
+            stream_id,
+            expected=expected,
+            statements=statements,
+            remove=remove,
+            skip=skip,
+            failed=failed,
+        )
 
 
 async def test_stalled_projection_answers_old_data_marked_stale(database_url: str) -> None:
