@@ -18,7 +18,6 @@ from pathlib import Path
 from bench.harness import BENCH_DIR, FULL, QUICK, Bench
 from bench.machine import machine_facts, postgres_facts, probes
 from bench.report import ScenarioResult, render_markdown, write_results
-from bench.stats import Target
 
 __all__ = ["main"]
 
@@ -26,7 +25,7 @@ Scenario = Callable[[Bench], ScenarioResult | list[ScenarioResult]]
 
 
 def _scenarios() -> list[tuple[str, bool, str, Scenario]]:
-    from bench.scenarios import commands, http, lag, load, projection
+    from bench.scenarios import commands, http, lag, load, projection, rebuild
 
     # (id, needs PostgreSQL, name for skipped rows, function)
     return [
@@ -38,28 +37,9 @@ def _scenarios() -> list[tuple[str, bool, str, Scenario]]:
         ("5", False, "projection catch-up", projection.projection_catch_up),
         ("6", True, "append-to-visible lag, PostgreSQL", lag.append_to_visible_lag),
         ("7", True, "HTTP, uvicorn 1 worker, 32 connections", http.http_scenarios),
+        ("8,9", True, "blue/green rebuild and catch-up memory, PostgreSQL",
+         rebuild.rebuild_and_memory),
     ]  # fmt: skip
-
-
-def _pending() -> list[ScenarioResult]:
-    return [
-        ScenarioResult(
-            id="8",
-            name="blue/green rebuild of 1M events, PostgreSQL, queries running",
-            unit="events/s",
-            status="not yet built",
-            targets=[Target(">=", 50_000)],
-            note="blue/green rebuild is a later issue; reference: raw COPY of the same rows",
-        ),
-        ScenarioResult(
-            id="9",
-            name="memory: catch-up of 1M events (runner RSS growth)",
-            unit="MiB",
-            status="not yet built",
-            targets=[Target("<=", 100)],
-            note="needs the 1M-event rebuild harness of scenario 8",
-        ),
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             header["postgres"] = {"error": "PostgreSQL is not reachable"}
         for id_, needs_pg, name, scenario in _scenarios():
-            if wanted and id_ not in wanted:
+            if wanted and not wanted & set(id_.split(",")):
                 continue
             if needs_pg and not postgres:
                 results.append(ScenarioResult(id_, name, "", status="skipped",
@@ -120,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.extend(out if isinstance(out, list) else [out])
             print(f"   scenario {id_} took {time.perf_counter() - s0:.0f}s", flush=True)
-        if not wanted:
-            results.extend(_pending())
     finally:
         end_probes = probes(bench.tmp_dir)
         bench.close()

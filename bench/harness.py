@@ -35,6 +35,8 @@ class Sizes:
     lag_seconds: float
     http_seconds: int
     http_warmup: int
+    bg_events: int  # events of the blue/green rebuild and memory scenarios (8, 9)
+    bg_reps: int
 
 
 QUICK = Sizes(
@@ -49,6 +51,8 @@ QUICK = Sizes(
     lag_seconds=4,
     http_seconds=4,
     http_warmup=1,
+    bg_events=100_000,
+    bg_reps=2,
 )
 FULL = Sizes(
     reps=5,
@@ -60,8 +64,10 @@ FULL = Sizes(
     proj_es_events=10_000,
     proj_reps=3,
     lag_seconds=15,
-    http_seconds=10,
-    http_warmup=3,
+    http_seconds=8,
+    http_warmup=2,
+    bg_events=1_000_000,
+    bg_reps=1,
 )
 
 

@@ -2,6 +2,8 @@
 
 - :func:`ours`: the orders service, ``create_app(orders.service.service, Settings(...))``,
   projections running in the same process (the service's default).
+- :func:`ours_cached`: the same with the Redis query cache on (``BENCH_REDIS_URL``,
+  ``BENCH_REDIS_PREFIX``), which caches ``GET /api/v1/orders/{id}``.
 - :func:`bare`: FastAPI + asyncpg doing one INSERT per ``POST /api/v1/orders`` (same request
   body, validated with an equivalent pydantic model) and one SELECT per
   ``GET /api/v1/orders/{id}``.
@@ -22,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-__all__ = ["BARE_DDL", "bare", "ours"]
+__all__ = ["BARE_DDL", "bare", "ours", "ours_cached"]
 
 POOL_SIZE = 10  # cqrskit's default pool size, for both apps
 BARE_DDL = (
@@ -43,6 +45,20 @@ def ours() -> FastAPI:
     from orders.service import service
 
     return create_app(service, Settings(database_url=os.environ["BENCH_DATABASE_URL"]))
+
+
+def ours_cached() -> FastAPI:
+    """The orders service with the Redis query cache under a run's own key prefix."""
+    from cqrskit.config import Settings
+    from cqrskit.http.app import create_app
+    from orders.service import service
+
+    settings = Settings(
+        database_url=os.environ["BENCH_DATABASE_URL"],
+        redis_url=os.environ["BENCH_REDIS_URL"],
+        redis_prefix=os.environ["BENCH_REDIS_PREFIX"],
+    )
+    return create_app(service, settings)
 
 
 class _Address(BaseModel):

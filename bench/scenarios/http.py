@@ -1,10 +1,15 @@
 """Scenario 7: HTTP, uvicorn with 1 worker (uvloop + httptools), 32 keep-alive connections.
 
 Ours: the orders service (:func:`bench.http_apps.ours`) with its projections running in the
-same process. Reference: the bare FastAPI + asyncpg app (:func:`bench.http_apps.bare`), same
-uvicorn settings, same database, same request bodies. The load comes from
-:mod:`bench.loadgen` in a separate process. After each of our ``POST`` runs the harness
-waits until our projections have caught up, so their work does not spill into the next run.
+same process; for the cached GET the same service with the Redis query cache on
+(:func:`bench.http_apps.ours_cached`, ``CQRSKIT_BENCH_REDIS_URL``, default
+``redis://127.0.0.1:6379/0``, under a key prefix of its own that is deleted afterwards; the
+server is shared, so nothing else is touched). It replaces the uncached server on the same
+database for that phase. Reference: the bare FastAPI + asyncpg app
+(:func:`bench.http_apps.bare`), same uvicorn settings, same database, same request bodies.
+The load comes from :mod:`bench.loadgen` in a separate process. After each of our ``POST``
+runs the harness waits until our projections have caught up, so their work does not spill
+into the next run.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ __all__ = ["http_scenarios"]
 BARE = "bare FastAPI + asyncpg"
 CONNECTIONS = 32
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = {"ours": 8791, "bare": 8792}
+PORTS = {"ours": 8791, "bare": 8792, "ours_cached": 8793}
 UVICORN = ["--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
            "--log-level", "warning"]  # fmt: skip
 ADDRESS = {"street": "1 Bench Street", "city": "Testville", "postal_code": "12345", "country": "NL"}
@@ -49,11 +54,11 @@ def _call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any
         return exc.code, None
 
 
-def _start(app: str, url: str) -> subprocess.Popen[bytes]:
+def _start(app: str, url: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     port = PORTS[app]
     command = [sys.executable, "-m", "uvicorn", "--factory", f"bench.http_apps:{app}",
                "--host", "127.0.0.1", "--port", str(port), *UVICORN]  # fmt: skip
-    env = {**os.environ, "BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **(env or {}), "BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -148,69 +153,121 @@ def _load(
     return result
 
 
+def _redis_prefix() -> str:
+    return f"cqrskit-bench-{os.getpid()}-{int(time.time())}"
+
+
+def _redis_forget(url: str, prefix: str) -> int:
+    """Delete this run's keys (``<prefix>:*``) only; the Redis server is shared."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for offset in range(0, len(keys), 500):
+            client.delete(*keys[offset : offset + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def _redis_up(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _phase(
+    bench: Bench, app: str, endpoint: str, rid: str, target: float, requests: list[Any]
+) -> list[ScenarioResult]:
+    """Warm up, then interleave ``app`` against the bare app on ``requests``."""
+    method = endpoint.split()[0]
+    seconds, warmup = bench.sizes.http_seconds, bench.sizes.http_warmup
+    bare_requests = requests[1]
+
+    def run(which: str) -> dict[str, float]:
+        result = _load(bench, which, requests[0] if which == app else bare_requests, seconds)
+        if which == app and method == "POST":
+            _wait_projections(PORTS[app])
+        return {"rps": result["rps"], "p50": result["p50_ms"], "p99": result["p99_ms"],
+                "errors": result["errors"] + result["non_2xx"]}  # fmt: skip
+
+    for which in (app, "bare"):
+        _load(bench, which, requests[0] if which == app else bare_requests, warmup)
+        if which == app and method == "POST":
+            _wait_projections(PORTS[app])
+    runs = interleave(bench.sizes.reps, {"ours": lambda: run(app), BARE: lambda: run("bare")})
+    params = {"connections": CONNECTIONS, "seconds_per_run": seconds,
+              "server": "uvicorn 1 worker, uvloop, httptools", "pool_size": 10,
+              "load_generator": "bench.loadgen (Python, raw sockets, uvloop, own process)",
+              "errors": {k: sum(v["errors"]) for k, v in runs.items()}}  # fmt: skip
+    title = endpoint if rid != "cached GET" else f"{endpoint} with Redis cache"
+    results = [
+        ScenarioResult(
+            id=f"7 {rid}", name=f"HTTP {title}, 32 connections, throughput",
+            unit="req/s", ours=Series("ours", runs["ours"]["rps"]),
+            references=[Series(BARE, runs[BARE]["rps"])],
+            targets=[Target(">=", target, BARE)], params=params,
+        )
+    ]  # fmt: skip
+    for metric in ("p50", "p99"):
+        results.append(
+            ScenarioResult(
+                id=f"7 {rid} {metric}", name=f"HTTP {title}, latency {metric}",
+                unit="ms", higher_is_better=False, ours=Series("ours", runs["ours"][metric]),
+                references=[Series(BARE, runs[BARE][metric])], params=params,
+            )
+        )  # fmt: skip
+    return results
+
+
 def http_scenarios(bench: Bench) -> list[ScenarioResult]:
-    """Scenario 7: POST and GET rows, plus the cached GET (not yet built)."""
+    """Scenario 7: POST, GET and cached GET rows (throughput, p50, p99)."""
     assert bench.postgres_url is not None
     bench.run(bench.reset_postgres())
-    servers = {app: _start(app, bench.postgres_url) for app in ("ours", "bare")}
+    url = bench.postgres_url
+    servers = {app: _start(app, url) for app in ("ours", "bare")}
     results: list[ScenarioResult] = []
+    redis_url = os.environ.get("CQRSKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = _redis_prefix()
     try:
         seeded = _seed()
         posts = [{"method": "POST", "path": "/api/v1/orders", "body": b} for b in seeded["bodies"]]
-        seconds, warmup = bench.sizes.http_seconds, bench.sizes.http_warmup
-        for endpoint, target in (("POST /api/v1/orders", 0.5), ("GET /api/v1/orders/{id}", 0.8)):
-            method = endpoint.split()[0]
 
-            def requests(app: str, method: str = method) -> list[dict[str, Any]]:
-                if method == "POST":
-                    return posts
-                return [
-                    {"method": "GET", "path": f"/api/v1/orders/{i}"} for i in seeded["ids"][app]
-                ]
+        def gets(app: str) -> list[dict[str, Any]]:
+            return [{"method": "GET", "path": f"/api/v1/orders/{i}"} for i in seeded["ids"][app]]
 
-            def run(app: str, method: str = method) -> dict[str, float]:
-                result = _load(bench, app, requests(app), seconds)
-                if app == "ours" and method == "POST":
-                    _wait_projections(PORTS["ours"])
-                return {"rps": result["rps"], "p50": result["p50_ms"], "p99": result["p99_ms"],
-                        "errors": result["errors"] + result["non_2xx"]}  # fmt: skip
-
-            for app in ("ours", "bare"):
-                _load(bench, app, requests(app), warmup)
-                if app == "ours" and method == "POST":
-                    _wait_projections(PORTS["ours"])
-            runs = interleave(
-                bench.sizes.reps, {"ours": lambda: run("ours"), BARE: lambda: run("bare")}
-            )
-            params = {"connections": CONNECTIONS, "seconds_per_run": seconds,
-                      "server": "uvicorn 1 worker, uvloop, httptools", "pool_size": 10,
-                      "load_generator": "bench.loadgen (Python, raw sockets, uvloop, own process)",
-                      "errors": {k: sum(v["errors"]) for k, v in runs.items()}}  # fmt: skip
+        results += _phase(bench, "ours", "POST /api/v1/orders", "POST", 0.5, [posts, posts])
+        get = "GET /api/v1/orders/{id}"
+        results += _phase(bench, "ours", get, "GET", 0.8, [gets("ours"), gets("bare")])
+        if _redis_up(redis_url):
+            # One orders service at a time on the database: the cached one replaces it.
+            _stop(servers.pop("ours"))
+            env = {"BENCH_REDIS_URL": redis_url, "BENCH_REDIS_PREFIX": prefix}
+            servers["ours_cached"] = _start("ours_cached", url, env)
+            try:
+                results += _phase(
+                    bench, "ours_cached", get, "cached GET", 1.0, [gets("ours"), gets("bare")]
+                )
+            finally:
+                _stop(servers.pop("ours_cached"))
+        else:
             results.append(
                 ScenarioResult(
-                    id=f"7 {method}", name=f"HTTP {endpoint}, 32 connections, throughput",
-                    unit="req/s", ours=Series("ours", runs["ours"]["rps"]),
-                    references=[Series(BARE, runs[BARE]["rps"])],
-                    targets=[Target(">=", target, BARE)], params=params,
+                    id="7 cached GET", name="HTTP GET /api/v1/orders/{id} with Redis cache",
+                    unit="req/s", status="skipped", targets=[Target(">=", 1.0, BARE)],
+                    note=f"Redis is not reachable at {redis_url}",
                 )
             )  # fmt: skip
-            for metric in ("p50", "p99"):
-                results.append(
-                    ScenarioResult(
-                        id=f"7 {method} {metric}", name=f"HTTP {endpoint}, latency {metric}",
-                        unit="ms", higher_is_better=False,
-                        ours=Series("ours", runs["ours"][metric]),
-                        references=[Series(BARE, runs[BARE][metric])], params=params,
-                    )
-                )  # fmt: skip
     finally:
         for process in servers.values():
             _stop(process)
-    results.append(
-        ScenarioResult(
-            id="7 cached GET", name="HTTP GET /api/v1/orders/{id} with Redis cache",
-            unit="req/s", status="not yet built", targets=[Target(">=", 1.0, BARE)],
-            note="the Redis query cache does not exist yet",
-        )
-    )  # fmt: skip
+        if _redis_up(redis_url):
+            print(f"    removed {_redis_forget(redis_url, prefix)} Redis keys of {prefix}")
     return results

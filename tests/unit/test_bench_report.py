@@ -111,3 +111,37 @@ def test_write_results_writes_stamped_and_latest_files(tmp_path: Path) -> None:
     assert document["scenarios"][0]["id"] == "1"
     assert json.loads((tmp_path / "latest.json").read_text()) == document
     assert (tmp_path / "latest.md").read_text().startswith("| # |")
+
+
+def test_raw_statements_write_the_raw_copies_of_the_read_model() -> None:
+    from bench.orders_log import raw_sql
+
+    for dialect in ("postgres", "sqlite"):
+        statements = raw_sql(dialect)
+        assert set(statements) == {"customer", "create", "add", "status"}
+        for text in statements.values():
+            assert "customer_orders_" not in text
+            assert "raw_co_" in text
+
+
+def test_raw_batches_keep_every_statement_in_dependency_order() -> None:
+    from bench.orders_log import OrdersLog
+    from bench.scenarios.projection import BATCH, KINDS, _batches
+
+    log = OrdersLog()
+    log.statements = [("customer", ("c",))] + [
+        (kind, (i,)) for i in range(BATCH) for kind in ("create", "add", "status")
+    ]
+    batches = _batches(log)
+    assert len(batches) == -(-len(log.statements) // BATCH)
+    assert sum(len(rows) for groups in batches for rows in groups.values()) == len(log.statements)
+    assert list(batches[0]) == list(KINDS)
+    assert batches[0]["customer"] == [("c",)]
+
+
+def test_memory_probe_reads_this_process_rss() -> None:
+    from bench.memory_probe import rss_kib
+
+    rss = rss_kib()
+    assert rss["VmRSS"] > 0
+    assert rss["VmHWM"] >= rss["VmRSS"]
