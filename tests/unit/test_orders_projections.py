@@ -162,6 +162,7 @@ def test_order_created_becomes_an_order_row_and_one_row_per_line() -> None:
             "12345",
             "US",
             STAMP,
+            created.version,
         ),
         od.INSERT_LINE(ORDER, 1, str(PEN), 3, 1999),
         od.INSERT_LINE(ORDER, 2, str(INK), 1, 10),
@@ -172,7 +173,7 @@ def test_order_item_added_appends_a_line_and_adds_to_the_total() -> None:
     added = events()[5]
     assert list(by_name()["order_detail"].apply(added)) == [
         od.APPEND_LINE(ORDER, str(INK), 1, 10),
-        od.ADD_TO_TOTAL(ORDER, 10, STAMP),
+        od.ADD_TO_TOTAL(ORDER, 10, STAMP, added.version),
     ]
     assert list(by_name()["order_statistics"].apply(added)) == [
         stats.ADD_TO_TOTAL(ORDER, 10),
@@ -183,8 +184,10 @@ def test_order_item_added_appends_a_line_and_adds_to_the_total() -> None:
 def test_status_changes_update_status_and_time() -> None:
     shipped, cancelled = events()[7], events()[8]
     detail = by_name()["order_detail"]
-    assert list(detail.apply(shipped)) == [od.SET_STATUS(ORDER, "shipped", STAMP)]
-    assert list(detail.apply(cancelled)) == [od.SET_STATUS(ORDER, "cancelled", STAMP)]
+    assert list(detail.apply(shipped)) == [od.SET_STATUS(ORDER, "shipped", STAMP, shipped.version)]
+    assert list(detail.apply(cancelled)) == [
+        od.SET_STATUS(ORDER, "cancelled", STAMP, cancelled.version)
+    ]
     summary = by_name()["customer_summary"]
     assert list(summary.apply(cancelled)) == [
         cs.COUNT_CANCELLED(ORDER, "pending"),
