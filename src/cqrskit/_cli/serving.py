@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -28,6 +29,7 @@ from cqrskit._cli.common import (
 from cqrskit.backend import open_backend
 from cqrskit.config import Settings
 from cqrskit.messages import LogPosition
+from cqrskit.projections.lease import PostgresLease, run_leased
 from cqrskit.service import Runtime
 
 __all__ = ["demo_data", "migrate", "serve", "worker"]
@@ -120,14 +122,44 @@ def serve(
             raise CliError("the server did not start (see the log above)")
 
 
+def _start_leased(runtime: Runtime, stop: asyncio.Event, ttl: float) -> list[asyncio.Task[None]]:
+    # One lease per projection: this worker runs those it owns and stands by for the rest.
+    tasks = [
+        asyncio.create_task(
+            run_leased(
+                runner,
+                PostgresLease(runtime.settings.database_url, name, ttl=ttl),
+                stop,
+                poll=min(1.0, ttl / 3),
+            ),
+            name=f"lease:{name}",
+        )
+        for name, runner in runtime.runners.items()
+    ]
+    if runtime.publisher is not None:
+        tasks.append(asyncio.create_task(runtime.publisher.run(stop), name="publisher"))
+    return tasks
+
+
 def worker(
     log_level: LogLevel = "info",
     database_url: DatabaseUrl = None,
     service: ServicePath = DEFAULT_SERVICE,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            min=0.3,
+            help="PostgreSQL: seconds without a heartbeat before a standby takes a lease over.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run every projection (no HTTP) until Ctrl-C or SIGTERM.
 
-    Use with `serve --no-projections` to keep read-model work out of the API processes.
+    Use with `serve --no-projections` to keep read-model work out of the API processes. On
+    PostgreSQL start as many workers as you like, on any machines: each projection is owned
+    by one worker at a time through a lease, the others stand by and take over when its owner
+    dies or stops heartbeating. On SQLite run one worker.
     """
 
     async def body() -> None:
@@ -138,14 +170,20 @@ def worker(
         # Listen for signals before connecting: a SIGTERM during start-up still stops cleanly.
         stop = stop_event()
         async with open_runtime(svc, settings, migrate=settings.migrate) as runtime:
-            runtime.start_projections()
+            leased: list[asyncio.Task[None]] = []
+            if runtime.backend.read_models.dialect == "postgres":
+                leased = _start_leased(runtime, stop, lease_ttl)
+            else:
+                runtime.start_projections()
             out_console().print(
-                f"worker: {len(runtime.runners)} projections following"
+                f"worker: {len(runtime.runners)} projections"
+                f"{' (leased)' if leased else ''} following"
                 f" {redact(settings.database_url)}; Ctrl-C or SIGTERM stops",
                 highlight=False,
                 soft_wrap=True,
             )
             await stop.wait()
+            await asyncio.gather(*leased, return_exceptions=True)
         out_console().print("worker: stopped")
 
     run(body)
