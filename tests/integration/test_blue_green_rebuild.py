@@ -13,6 +13,7 @@ import dataclasses
 import random
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -23,6 +24,7 @@ from cqrskit.projections.generations import live_tables
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.rebuild import BlueGreenRebuild, follow
 from cqrskit.projections.runner import RebuildProgress
+from cqrskit.projections.status import lag_thresholds, projection_status
 from cqrskit.read_models.protocol import ReadModelStore, sql
 from cqrskit.read_models.sqlite import SQLiteReadModelStore
 from cqrskit.service import Runtime
@@ -156,6 +158,17 @@ async def test_rebuild_under_load_switches_to_an_equal_generation(runtime: Runti
             await asyncio.sleep(0.002)
 
     sending = asyncio.create_task(commands())
+    reported: list[dict[str, Any]] = []
+
+    async def health() -> None:
+        # What /health/projections and `cqrskit projections status` show meanwhile.
+        while not stop.is_set():
+            for status in await projection_status(runtime, lag_thresholds(runtime.settings)):
+                if status.state == "rebuilding":
+                    reported.append(status.as_json())
+            await asyncio.sleep(0.1)
+
+    watching = asyncio.create_task(health())
     seen: list[RebuildProgress] = []
     for runner in runtime.runners.values():
         rebuild = BlueGreenRebuild(
@@ -163,13 +176,15 @@ async def test_rebuild_under_load_switches_to_an_equal_generation(runtime: Runti
         )
         await rebuild.run()
     stop.set()
-    await asyncio.gather(querying, sending)
+    await asyncio.gather(querying, sending, watching)
     await wait_until(runtime, traffic.last)
 
     assert client.problems == []
     assert client.answers > 10
     assert seen
     assert seen[-1].percent > 90
+    assert reported, "health never showed a rebuild"
+    assert {"percent", "eta_seconds", "generation"} <= set(reported[-1]["rebuild"])
     read_models = runtime.backend.read_models
     for runner in runtime.runners.values():
         assert await live_tables(read_models).generation(runner.projection) == 2

@@ -251,6 +251,10 @@ async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list
         status = runner.status if runner is not None else None
         meter: Meter | None = getattr(status, "meter", None)
         runner_state = str(status.state) if status is not None else None
+        # A blue/green rebuild beside the live tables (see cqrskit.projections.rebuild).
+        rebuild = getattr(status, "rebuild", None)
+        if rebuild is not None and runner_state != "failed":
+            runner_state = "rebuilding"
         state = _state(runner_state, meter, lag, thresholds)
         level = thresholds.level(lag)
         if state == "failed":
@@ -268,9 +272,22 @@ async def projection_status(runtime: Runtime, thresholds: LagThresholds) -> list
                 failing_position=getattr(status, "failing_position", None),
                 parked=parked.get(lag.name, 0),
                 blocked_by=blocker,
+                extra={} if rebuild is None else {"rebuild": _rebuild_json(rebuild)},
             )
         )
     return out
+
+
+def _rebuild_json(rebuild: Any) -> dict[str, Any]:
+    eta = rebuild.eta_seconds
+    return {
+        "version": rebuild.version,
+        "generation": rebuild.generation,
+        "applied": rebuild.applied,
+        "total": rebuild.total,
+        "percent": round(rebuild.percent, 1),
+        "eta_seconds": None if eta is None else round(eta, 1),
+    }
 
 
 async def _blocker(runtime: Runtime) -> dict[str, Any] | None:
