@@ -7,8 +7,9 @@ event store, 2,000 events per multi-stream append.
   generation up over the whole log; its growth is the peak RSS (``VmHWM``) minus the RSS
   before the catch-up.
 - 8, blue/green rebuild: with that live generation in place, a live runner following the log
-  and one client task querying it back to back (``GetOrdersByCustomer`` through its handler
-  on the live-generation read models, as the service wires them; two SELECTs each),
+  and a query client in its own process (:mod:`bench.query_client`: ``GetOrdersByCustomer``
+  back to back through its handler on the live-generation read models, as the service wires
+  them; two SELECTs each),
   :class:`~cqrskit.projections.rebuild.BlueGreenRebuild` builds the next generation and
   switches to it. Measured: events/s of the whole rebuild (switch included)
   and failed queries. Reference: COPY (asyncpg ``copy_records_to_table``) of the same number
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -35,8 +37,7 @@ from cqrskit.projections.generations import LiveReadModels
 from cqrskit.projections.rebuild import BlueGreenRebuild
 from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.read_models.protocol import ReadModelStore, sql
-from orders.queries import GetOrdersByCustomer
-from orders.read_models.customer_orders import CustomerOrdersProjection, orders_by_customer
+from orders.read_models.customer_orders import CustomerOrdersProjection
 
 __all__ = ["rebuild_and_memory"]
 
@@ -68,47 +69,54 @@ def _live(backend: Backend) -> ReadModelStore:
     return LiveReadModels.wrap(backend.read_models, [CustomerOrdersProjection()])
 
 
-async def _queries(backend: Backend, log: OrdersLog, stop: asyncio.Event) -> dict[str, Any]:
-    # As the service wires it: reads follow the live generation.
-    handle = orders_by_customer(_live(backend))
-    ok = failed = 0
-    first_error = ""
-    i = 0
-    while not stop.is_set():
-        query = GetOrdersByCustomer(customer_id=uuid.UUID(log.customers[i % CUSTOMERS]))
-        i += 1
-        try:
-            page = await handle(query)
-            assert page.total > 0, "a customer lost its orders"
-            ok += 1
-        except Exception as exc:
-            failed += 1
-            first_error = first_error or f"{type(exc).__name__}: {exc}"
-    return {"ok": ok, "failed": failed, "first_error": first_error}
+def _client(url: str, log: OrdersLog) -> subprocess.Popen[str]:
+    client = subprocess.Popen(
+        [sys.executable, "-m", "bench.query_client", url, *log.customers],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert client.stdout is not None
+    line = client.stdout.readline().strip()
+    if line != "ready":
+        client.kill()
+        raise RuntimeError(f"query client did not start: {line!r}")
+    return client
 
 
-async def _rebuild(backend: Backend, log: OrdersLog) -> dict[str, float]:
+def _client_result(client: subprocess.Popen[str]) -> dict[str, Any]:
+    client.send_signal(signal.SIGTERM)
+    out, _ = client.communicate(timeout=60)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+async def _rebuild_once(backend: Backend) -> float:
     live = ProjectionRunner(backend.store, backend.read_models, CustomerOrdersProjection())
     await live.migrate()
-    stop, done = asyncio.Event(), asyncio.Event()
+    stop = asyncio.Event()
     following = asyncio.create_task(live.run(stop))
-    querying = asyncio.create_task(_queries(backend, log, done))
     try:
         started = time.perf_counter()
         await BlueGreenRebuild(live).run()
-        elapsed = time.perf_counter() - started
+        return time.perf_counter() - started
     finally:
-        done.set()
         stop.set()
-        queries = await querying
         await following
+
+
+def _rebuild(bench: Bench, backend: Backend, log: OrdersLog) -> dict[str, float]:
+    assert bench.postgres_url is not None
+    client = _client(bench.postgres_url, log)
+    try:
+        elapsed = bench.run(_rebuild_once(backend))
+    finally:
+        queries = _client_result(client)
     if queries["failed"]:
         print(f"    failed queries: {queries['failed']} ({queries['first_error']})", flush=True)
-    row = await _live(backend).fetchone(_ORDERS)
+    row = bench.run(_live(backend).fetchone(_ORDERS))
     assert row is not None
     assert int(row["n"]) == len(log.orders), (row, len(log.orders))
     return {"rate": log.events / elapsed, "failed": float(queries["failed"]),
-            "queries_per_s": queries["ok"] / elapsed}  # fmt: skip
+            "queries_per_s": queries["ok"] / queries["seconds"]}  # fmt: skip
 
 
 async def _copy(url: str, n: int) -> dict[str, float]:
@@ -146,7 +154,7 @@ def rebuild_and_memory(bench: Bench) -> list[ScenarioResult]:
         print(f"    memory: {memory}", flush=True)
         runs = interleave(
             bench.sizes.bg_reps,
-            {"ours": lambda: bench.run(_rebuild(backend, log)),
+            {"ours": lambda: _rebuild(bench, backend, log),
              COPY: lambda: bench.run(_copy(url, log.events))},
         )  # fmt: skip
     finally:
