@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from cqrskit.messages import LOG_START, LogPosition
+from cqrskit.projections.runner import ProjectionState, RunnerStatus
 from cqrskit.projections.status import LagMonitor, ProjectionLag, ProjectionStatus
 from tests.integration.http_server import DEADLINE_SECONDS, Served, serve
 from tests.integration.test_http_health import register, value
@@ -145,3 +146,35 @@ async def test_postgres_status_names_the_transaction_holding_the_log_back(
             await holder.close()
         body = await health_until(api, 200)
         assert all(row["blocked_by"] is None for row in body["projections"])
+
+
+class _Publisher:
+    """Stands in for the NATS publisher: only its name and live status are read."""
+
+    name = "publisher:nats"
+
+    def __init__(self) -> None:
+        self.status = RunnerStatus(
+            state=ProjectionState.FAILED, failures=3, last_error="nats: no servers available"
+        )
+
+
+async def test_a_failing_nats_publisher_fails_the_health_check(database_url: str) -> None:
+    async with serve(database_url) as api:
+        api.runtime.publisher = _Publisher()  # type: ignore[assignment]
+        await register(api, "Ada")
+        body = await health_until(api, 503)
+        row = next(r for r in body["projections"] if r["name"] == "publisher:nats")
+        assert row["state"] == "failed"
+        assert row["level"] == "fail"
+        assert row["failures"] == 3
+        assert row["last_error"] == "nats: no servers available"
+        others = [r for r in body["projections"] if r["name"] != "publisher:nats"]
+        assert all(r["level"] == "ok" for r in others)
+        text = (await api.client.get("/metrics")).text
+        assert value(text, "cqrskit_projection_failures", projection="publisher:nats") == 3
+        assert (
+            value(text, "cqrskit_projection_state", projection="publisher:nats", state="failed")
+            == 1
+        )
+        api.runtime.publisher = None
