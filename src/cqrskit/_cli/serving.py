@@ -176,9 +176,10 @@ def worker(
             else:
                 runtime.start_projections()
             out_console().print(
-                f"worker: {len(runtime.runners)} projections"
-                f"{' (leased)' if leased else ''} following"
-                f" {redact(settings.database_url)}; Ctrl-C or SIGTERM stops",
+                f"worker: {len(runtime.runners)} projections following"
+                f" {redact(settings.database_url)}"
+                f"{' (leased: one worker at a time owns each)' if leased else ''};"
+                " Ctrl-C or SIGTERM stops",
                 highlight=False,
                 soft_wrap=True,
             )
