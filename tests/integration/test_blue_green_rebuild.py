@@ -189,6 +189,7 @@ async def test_rebuild_under_load_switches_to_an_equal_generation(runtime: Runti
     for runner in runtime.runners.values():
         assert await live_tables(read_models).generation(runner.projection) == 2
         assert runner.status.rebuild is None
+        assert runner.status.failures == 0, runner.status.last_error  # a switch is no failure
     after = set(await physical_tables(read_models))
     old = {t for r in runtime.runners.values() for t in r.projection.tables} & before
     assert old

@@ -177,16 +177,15 @@ class ProjectionRunner:
         if self.fixed_generation is None and self.projection.tables:
             self.generation = await live_tables(self.read_models).generation(self.projection)
 
-    async def _check_switched(self) -> None:
-        # A blue/green switch made by another process dropped this generation's tables and
-        # moved the checkpoint: the batch is discarded, the next one goes to the new tables.
+    async def _switched(self) -> bool:
+        # A blue/green switch (here or in another process) dropped this generation's tables
+        # and moved the checkpoint: the batch was discarded, the next goes to the new tables.
         if self.fixed_generation is not None or not self.projection.tables:
-            return
+            return False
         before = self.generation
         await live_tables(self.read_models).refresh()
         await self._resolve_generation()
-        if self.generation != before:
-            raise ProjectionError(f"{self.name} switched to generation {self.generation}")
+        return self.generation != before
 
     async def step(self, checkpoint: LogPosition, limit: int | None = None) -> LogPosition:
         """Apply the page after ``checkpoint``; return the new checkpoint (same when empty)."""
@@ -334,12 +333,18 @@ class ProjectionRunner:
             try:
                 checkpoint = await self._apply_page(checkpoint, page)
             except BaseException as exc:
-                if isinstance(exc, Exception) and not isinstance(exc, _EventFailed):
-                    await self._check_switched()
+                switched = (
+                    isinstance(exc, Exception)
+                    and not isinstance(exc, _EventFailed)
+                    and await self._switched()
+                )
                 if ahead is not None:
                     ahead.cancel()
                     await asyncio.gather(ahead, return_exceptions=True)
-                raise
+                if not switched:
+                    raise
+                _log.info("projection %s: now on generation %d", self.name, self.generation)
+                return await self.catch_up(limit=limit, progress=progress)
             if progress is not None:
                 progress(checkpoint, self.status.events_applied)
             if ahead is None:
