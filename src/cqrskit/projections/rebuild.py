@@ -21,7 +21,10 @@ position. Guarantees 3 and 4 of DESIGN.md hold for the shadow as for any runner:
 is one short transaction.
 
 Only one rebuild of a projection may run at a time (the CLI command, or the runner that owns
-the projection when its code version was bumped).
+the projection when its code version was bumped). A worker's automatic rebuild is fenced by
+its lease like its live batches: once the lease is taken over, neither its shadow batches nor
+its switch can commit. The switch also checks that the shadow it built is still the recorded
+one.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class BlueGreenRebuild:
             generation=target,
             on_failure="stop",
         )
+        shadow.fence = live.fence  # a worker that lost its lease cannot build or switch either
         await shadow.migrate()
         status = RebuildProgress(projection.version, target, await store.count_after(LOG_START))
         status.applied = status.total - await store.count_after(
@@ -157,11 +161,16 @@ class BlueGreenRebuild:
     ) -> bool:
         live = self.live
         projection, read_models = live.projection, live.read_models
+        row = await read_models.fetchone(_SHADOW, projection.name)
+        if row is None or row["shadow_generation"] != target:
+            raise ProjectionError(
+                f"{projection.name}: another rebuild took over generation {target}"
+            )
         expected = await read_models.checkpoint(projection.name)
-        statements: list[Statement] = []
+        statements: list[Statement] = [] if live.fence is None else [live.fence]
         position = max(at, expected)
         if at < expected:
-            statements = shadow._statements(await self._between(at, expected))
+            statements += shadow._statements(await self._between(at, expected))
         statements += [
             _SWITCH(projection.name, target, projection.version),
             _FORGET(shadow.checkpoint_name),
