@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from bench.harness import Bench, interleave
@@ -183,8 +184,20 @@ def _redis_up(url: str) -> bool:
         client.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _phase(
-    bench: Bench, app: str, endpoint: str, rid: str, target: float, requests: list[Any]
+    bench: Bench,
+    servers: dict[str, subprocess.Popen[bytes]],
+    app: str,
+    endpoint: str,
+    rid: str,
+    target: float,
+    requests: list[Any],
 ) -> list[ScenarioResult]:
     """Warm up, then interleave ``app`` against the bare app on ``requests``."""
     method = endpoint.split()[0]
@@ -192,11 +205,14 @@ def _phase(
     bare_requests = requests[1]
 
     def run(which: str) -> dict[str, float]:
+        cpu = _cpu_seconds(servers[which].pid)
         result = _load(bench, which, requests[0] if which == app else bare_requests, seconds)
+        # Server CPU per request (projections catching up afterwards not included).
+        cpu_ms = 1000 * (_cpu_seconds(servers[which].pid) - cpu) / max(1, result["requests"])
         if which == app and method == "POST":
             _wait_projections(PORTS[app])
         return {"rps": result["rps"], "p50": result["p50_ms"], "p99": result["p99_ms"],
-                "errors": result["errors"] + result["non_2xx"]}  # fmt: skip
+                "errors": result["errors"] + result["non_2xx"], "cpu_ms": cpu_ms}  # fmt: skip
 
     for which in (app, "bare"):
         _load(bench, which, requests[0] if which == app else bare_requests, warmup)
@@ -206,7 +222,10 @@ def _phase(
     params = {"connections": CONNECTIONS, "seconds_per_run": seconds,
               "server": "uvicorn 1 worker, uvloop, httptools", "pool_size": 10,
               "load_generator": "bench.loadgen (Python, raw sockets, uvloop, own process)",
-              "errors": {k: sum(v["errors"]) for k, v in runs.items()}}  # fmt: skip
+              "errors": {k: sum(v["errors"]) for k, v in runs.items()},
+              "server_cpu_ms_per_request": {k: median(v["cpu_ms"]) for k, v in runs.items()},
+              }  # fmt: skip
+    print(f"    server CPU ms/request: {params['server_cpu_ms_per_request']}", flush=True)
     title = endpoint if rid != "cached GET" else f"{endpoint} with Redis cache"
     results = [
         ScenarioResult(
@@ -243,9 +262,11 @@ def http_scenarios(bench: Bench) -> list[ScenarioResult]:
         def gets(app: str) -> list[dict[str, Any]]:
             return [{"method": "GET", "path": f"/api/v1/orders/{i}"} for i in seeded["ids"][app]]
 
-        results += _phase(bench, "ours", "POST /api/v1/orders", "POST", 0.5, [posts, posts])
+        results += _phase(
+            bench, servers, "ours", "POST /api/v1/orders", "POST", 0.5, [posts, posts]
+        )
         get = "GET /api/v1/orders/{id}"
-        results += _phase(bench, "ours", get, "GET", 0.8, [gets("ours"), gets("bare")])
+        results += _phase(bench, servers, "ours", get, "GET", 0.8, [gets("ours"), gets("bare")])
         if _redis_up(redis_url):
             # One orders service at a time on the database: the cached one replaces it.
             _stop(servers.pop("ours"))
@@ -253,7 +274,13 @@ def http_scenarios(bench: Bench) -> list[ScenarioResult]:
             servers["ours_cached"] = _start("ours_cached", url, env)
             try:
                 results += _phase(
-                    bench, "ours_cached", get, "cached GET", 1.0, [gets("ours"), gets("bare")]
+                    bench,
+                    servers,
+                    "ours_cached",
+                    get,
+                    "cached GET",
+                    1.0,
+                    [gets("ours"), gets("bare")],
                 )
             finally:
                 _stop(servers.pop("ours_cached"))
