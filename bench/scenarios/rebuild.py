@@ -1,7 +1,8 @@
 """Scenarios 8 and 9 on one seeded PostgreSQL log of orders events (1M; quick 100k).
 
-The log (:mod:`bench.orders_log`) goes into a fresh schema of the scratch database through the
-event store, 2,000 events per multi-stream append.
+The log (:mod:`bench.orders_log`) goes into a fresh schema of the scratch database: customers
+through the event store, orders by COPY of rows the store's mapper serialised
+(:func:`bench.orders_log.copy_orders`).
 
 - 9, memory: a subprocess (:mod:`bench.memory_probe`) catches the live ``customer_orders``
   generation up over the whole log; its growth is the peak RSS (``VmHWM``) minus the RSS
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, interleave
-from bench.orders_log import CUSTOMERS, PER_ORDER, OrdersLog, seed_orders
+from bench.orders_log import CUSTOMERS, PER_ORDER, OrdersLog, copy_orders
 from bench.report import ScenarioResult, Series
 from bench.stats import Target
 from cqrskit.backend import Backend, open_backend
@@ -147,7 +148,7 @@ def rebuild_and_memory(bench: Bench) -> list[ScenarioResult]:
     backend = bench.run(open_backend(url))
     try:
         started = time.perf_counter()
-        log = bench.run(seed_orders(backend.store, n, keep=False))
+        log = bench.run(copy_orders(backend.store, url, n))
         seeding = log.events / (time.perf_counter() - started)
         print(f"    seeded {log.events:,} events ({seeding:,.0f} events/s)", flush=True)
         memory = _memory(bench)
