@@ -29,6 +29,7 @@ _PACKAGES = (
     "uvicorn",
     "uvloop",
     "httptools",
+    "redis",
 )
 _PG_SETTINGS = (
     "server_version",

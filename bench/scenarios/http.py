@@ -172,14 +172,15 @@ def _redis_forget(url: str, prefix: str) -> int:
         client.close()
 
 
-def _redis_up(url: str) -> bool:
+def _redis_version(url: str) -> str | None:
+    """The Redis server's version, or ``None`` when it does not answer."""
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        return bool(client.ping())
+        return str(client.info("server").get("redis_version", "?"))
     except redis.RedisError:
-        return False
+        return None
     finally:
         client.close()
 
@@ -267,7 +268,8 @@ def http_scenarios(bench: Bench) -> list[ScenarioResult]:
         )
         get = "GET /api/v1/orders/{id}"
         results += _phase(bench, servers, "ours", get, "GET", 0.8, [gets("ours"), gets("bare")])
-        if _redis_up(redis_url):
+        bench.facts["redis"] = _redis_version(redis_url)
+        if bench.facts["redis"] is not None:
             # One orders service at a time on the database: the cached one replaces it.
             _stop(servers.pop("ours"))
             env = {"BENCH_REDIS_URL": redis_url, "BENCH_REDIS_PREFIX": prefix}
@@ -295,6 +297,6 @@ def http_scenarios(bench: Bench) -> list[ScenarioResult]:
     finally:
         for process in servers.values():
             _stop(process)
-        if _redis_up(redis_url):
+        if _redis_version(redis_url) is not None:
             print(f"    removed {_redis_forget(redis_url, prefix)} Redis keys of {prefix}")
     return results
