@@ -17,11 +17,13 @@ import pytest
 
 from cqrskit.backend import open_backend
 from cqrskit.messages import DomainEvent
+from cqrskit.projections.generations import LiveReadModels
 from cqrskit.read_models.protocol import sql
 from cqrskit.store.protocol import NO_STREAM, StreamAppend
 from orders.customer import CustomerRegistered
 from orders.order import OrderCancelled, OrderCreated, OrderItemAdded, OrderShipped
 from orders.product import ProductAdded
+from orders.service import service
 from orders.values import Address, OrderLine
 
 TARGET_EVENTS = 100_000
@@ -114,10 +116,10 @@ async def build_log(url: str) -> tuple[int, int]:
 
 async def order_rows(url: str) -> int:
     backend = await open_backend(url, migrate=False)
+    # The rebuild built a new generation of the tables; read the live one.
+    read_models = LiveReadModels.wrap(backend.read_models, service.projections())
     try:
-        row = await backend.read_models.fetchone(
-            sql("SELECT count(*) AS n FROM order_detail_orders")
-        )
+        row = await read_models.fetchone(sql("SELECT count(*) AS n FROM order_detail_orders"))
         assert row is not None
         return int(row["n"])
     finally:
