@@ -126,7 +126,7 @@ class OrderDetailProjection(Projection):
     """Orders with their lines, customer name and email, and shipping address."""
 
     name = "order_detail"
-    version = 1
+    version = 2  # 2: orders carry their stream version (the ETag)
     tables = (
         "order_detail_customers",
         "order_detail_products",
