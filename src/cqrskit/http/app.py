@@ -55,7 +55,12 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+async def _runtime_dependency(request: Request) -> Runtime:
+    # async: FastAPI would run a plain def dependency in its thread pool on every request.
+    return get_runtime(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime_dependency)]
 
 
 class CommandSender:
@@ -97,7 +102,7 @@ class CommandSender:
         return token
 
 
-def get_commands(request: Request, response: Response) -> CommandSender:
+async def get_commands(request: Request, response: Response) -> CommandSender:
     """A :class:`CommandSender` for this request (a FastAPI dependency)."""
     metrics = request.app.state.metrics
     if not isinstance(metrics, Metrics):

@@ -100,7 +100,7 @@ class QueryAnswerer:
         return JSONResponse(body, headers=headers)
 
 
-def get_queries(
+async def get_queries(
     request: Request,
     x_consistency_token: Annotated[Token | None, Header()] = None,
     consistent_with: Annotated[Token | None, QueryParam()] = None,

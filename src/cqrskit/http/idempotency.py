@@ -110,7 +110,7 @@ class CommandOnce:
         return first, token
 
 
-def get_once(
+async def get_once(
     request: Request,
     response: Response,
     commands: Commands,
