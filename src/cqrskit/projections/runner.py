@@ -159,6 +159,11 @@ class ProjectionRunner:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self._parked: frozenset[str] = frozenset()
+        # The checkpoint at which ``_parked`` was last known to be complete. Only this runner
+        # parks; retries and skips elsewhere only shrink the set, and a stale member is caught
+        # by the park insert's NOT NULL blocker. So the set is reloaded only when the stored
+        # checkpoint is not the one this runner last saw (another writer, a rewind, a start).
+        self._parked_at: LogPosition | None = None
 
     @property
     def name(self) -> str:
@@ -223,6 +228,7 @@ class ProjectionRunner:
             raise _EventFailed(f"{self.name}: batch refused: {describe(exc)}") from exc
         if parking is not None:
             self._parked = self._parked | {page[-1].event.stream_id}
+        self._parked_at = position
         self.status.events_applied += len(page)
         self.status.checkpoint = position
         self.status.meter.committed(len(page), [r.recorded_at for r in page])
@@ -323,7 +329,9 @@ class ProjectionRunner:
         await self._resolve_generation()
         checkpoint = await self.read_models.checkpoint(self.checkpoint_name)
         self.status.checkpoint = checkpoint
-        self._parked = await self.read_models.parked_streams(self.checkpoint_name)
+        if checkpoint != self._parked_at:
+            self._parked = await self.read_models.parked_streams(self.checkpoint_name)
+            self._parked_at = checkpoint
         page = await self.store.read_all(after=checkpoint, limit=limit)
         while page:
             ahead = None
