@@ -97,48 +97,35 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# Most specific first: the first class an error is an instance of decides status and kind.
+_PROBLEMS: tuple[tuple[type[CqrskitError], int, str], ...] = (
+    (NotFound, 404, "not-found"),
+    (ConcurrencyError, 409, "concurrency-conflict"),
+    (CommandInProgress, 409, "command-in-progress"),
+    (PreconditionFailed, 412, "precondition-failed"),
+    (IdempotencyKeyReused, 422, "idempotency-key-reused"),
+    (InvalidState, 409, "invalid-state"),
+    (CommandRejected, 400, "rule-violation"),
+    (OperationalError, 503, "unavailable"),
+)
+
+
+def _problem_for(exc: CqrskitError) -> tuple[int, str]:
+    for cls, status, kind in _PROBLEMS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal-error"
+
+
 def status_for(exc: CqrskitError) -> int:
     """Return the HTTP status for a framework error (500 for anything unmapped)."""
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, InvalidState | ConcurrencyError | CommandInProgress):
-        return 409
-    if isinstance(exc, PreconditionFailed):
-        return 412
-    if isinstance(exc, IdempotencyKeyReused):
-        return 422
-    if isinstance(exc, CommandRejected):
-        return 400
-    if isinstance(exc, OperationalError):
-        return 503
-    return 500
-
-
-def _kind(exc: CqrskitError) -> str:
-    if isinstance(exc, NotFound):
-        return "not-found"
-    if isinstance(exc, ConcurrencyError):
-        return "concurrency-conflict"
-    if isinstance(exc, CommandInProgress):
-        return "command-in-progress"
-    if isinstance(exc, PreconditionFailed):
-        return "precondition-failed"
-    if isinstance(exc, IdempotencyKeyReused):
-        return "idempotency-key-reused"
-    if isinstance(exc, InvalidState):
-        return "invalid-state"
-    if isinstance(exc, CommandRejected):
-        return "rule-violation"
-    if isinstance(exc, OperationalError):
-        return "unavailable"
-    return "internal-error"
+    return _problem_for(exc)[0]
 
 
 async def _cqrskit_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, CqrskitError):
         return await _unhandled(request, exc)
-    status = status_for(exc)
-    kind = _kind(exc)
+    status, kind = _problem_for(exc)
     if isinstance(exc, NotFound):
         return problem(status, f"{exc.kind} not found", kind=kind)
     if isinstance(exc, ConcurrencyError):
