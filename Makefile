@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 CQRSKIT_DATABASE_URL ?= sqlite:///data/orders.db
 export CQRSKIT_DATABASE_URL
 
-.PHONY: run test lint typecheck pytest venv dev clean
+.PHONY: run test lint typecheck pytest venv dev clean system-packages test-faults soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ pytest: dev
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Debian packages for the fault and browser tests (chromium, fiu-utils, faketime).
+system-packages:
+	scripts/install-system-packages
+
+# The reliability suite at its larger sizes (fits CI's time limit), and a long soak for releases.
+test-faults: dev
+	CQRSKIT_FAULT_TIER=full $(BIN)/pytest tests/reliability -m faults
+
+soak: dev
+	CQRSKIT_FAULT_TIER=soak $(BIN)/pytest tests/reliability -m faults -x
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
