@@ -20,6 +20,7 @@ class MemoryEventStore:
     def __init__(self) -> None:
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[DomainEvent]] = {}
+        self._records: dict[str, list[RecordedEvent]] = {}
         self._ids: set[object] = set()
         self._commands: dict[tuple[str, str], StoredCommand] = {}
         self._notifier = Notifier()
@@ -57,6 +58,7 @@ class MemoryEventStore:
                 record = RecordedEvent(position, event, now)
                 self._log.append(record)
                 self._streams.setdefault(event.stream_id, []).append(event)
+                self._records.setdefault(event.stream_id, []).append(record)
                 self._ids.add(event.event_id)
                 recorded.append(record)
             if command is not None:
@@ -67,6 +69,11 @@ class MemoryEventStore:
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         return list(self._streams.get(stream_id, ())[after_version:])
+
+    async def read_stream_records(
+        self, stream_id: str, *, after_version: int = 0, limit: int
+    ) -> list[RecordedEvent]:
+        return self._records.get(stream_id, [])[after_version : after_version + limit]
 
     async def find_command(self, scope: str, key: str) -> StoredCommand | None:
         return self._commands.get((scope, key))

@@ -216,6 +216,11 @@ _READ_STREAM = (
     f"SELECT {_EVENT_COLUMNS} FROM events e"  # noqa: S608 (constant columns)
     " WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version"
 )
+_READ_STREAM_PAGE = (
+    "SELECT e.transaction_id::text::bigint AS transaction_id, e.position, e.recorded_at,"  # noqa: S608 (constant columns)
+    f" {_EVENT_COLUMNS} FROM events e"
+    " WHERE e.stream_id = $1 AND e.version > $2 ORDER BY e.version LIMIT $3"
+)
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
 # The log queries also return the fence of their own snapshot (``fence``, one row even when
 # nothing else matches), so waiting for this store's own appends costs no extra round trip.
@@ -410,6 +415,12 @@ class PostgresEventStore:
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
         rows = await self.db.fetch(_READ_STREAM, stream_id, after_version)
         return [_event(row) for row in rows]
+
+    async def read_stream_records(
+        self, stream_id: str, *, after_version: int = 0, limit: int
+    ) -> list[RecordedEvent]:
+        rows = await self.db.fetch(_READ_STREAM_PAGE, stream_id, after_version, limit)
+        return [_record(row) for row in rows]
 
     async def find_command(self, scope: str, key: str) -> StoredCommand | None:
         rows = await self.db.fetch(_FIND_COMMAND, scope, key)

@@ -25,7 +25,7 @@ Guarantees every adapter keeps (the shipped contract tests in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from cqrskit.idempotency import CommandRecord, StoredCommand
 from cqrskit.messages import DomainEvent, LogPosition, RecordedEvent
@@ -36,6 +36,7 @@ __all__ = [
     "AppendResult",
     "EventStore",
     "StreamAppend",
+    "StreamPager",
 ]
 
 ANY_VERSION = -1
@@ -120,4 +121,22 @@ class EventStore(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class StreamPager(Protocol):
+    """Optional capability: read one stream a page at a time, with log positions.
+
+    The bundled stores implement it; operator tools (``GET /admin/streams/{id}/events``)
+    need it to page a long stream without loading it whole.
+    """
+
+    async def read_stream_records(
+        self, stream_id: str, *, after_version: int = 0, limit: int
+    ) -> list[RecordedEvent]:
+        """Return up to ``limit`` events of the stream after ``after_version``, in order.
+
+        Each comes with its log position and ``recorded_at``, like ``read_all``'s.
+        """
         ...

@@ -59,6 +59,7 @@ _COLUMNS = (
     " occurred_at, recorded_at"
 )
 _READ_STREAM = f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version"  # noqa: S608
+_READ_STREAM_PAGE = f"{_READ_STREAM} LIMIT ?"
 _READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
 _INSERT_COMMAND = (
     "INSERT INTO commands (scope, key, request_hash, command_type, command, first_position,"
@@ -205,6 +206,18 @@ class SQLiteEventStore:
             lambda conn: _fetch_tuples(conn, _READ_STREAM, (stream_id, after_version))
         )
         return [_from_row(row) for row in rows]
+
+    async def read_stream_records(
+        self, stream_id: str, *, after_version: int = 0, limit: int
+    ) -> list[RecordedEvent]:
+        rows = await self.db.read(
+            lambda conn: _fetch_tuples(conn, _READ_STREAM_PAGE, (stream_id, after_version, limit))
+        )
+        parse_time = datetime.fromisoformat
+        return [
+            RecordedEvent(LogPosition(0, row[0]), _from_row(row), parse_time(row[9]))
+            for row in rows
+        ]
 
     async def find_command(self, scope: str, key: str) -> StoredCommand | None:
         row, rows = await self.db.read(lambda conn: _find(conn, scope, key))

@@ -47,6 +47,7 @@ from cqrskit.store.protocol import (
     AppendResult,
     EventStore,
     StreamAppend,
+    StreamPager,
 )
 
 __all__ = [
@@ -168,6 +169,23 @@ class EventStoreContract:
             (4, Decimal(4)),
             (5, Decimal(5)),
         ]
+
+    async def test_read_stream_records_pages_with_log_positions(self, store: EventStore) -> None:
+        if not isinstance(store, StreamPager):
+            pytest.skip("this store does not implement the optional StreamPager")
+        await _append(store, _one("acct-a", NO_STREAM, *(deposit(str(n)) for n in range(1, 6))))
+        await _append(store, _one("acct-b", NO_STREAM, deposit()))
+        log = await _log(store)
+        pages = [
+            await store.read_stream_records("acct-a", after_version=after, limit=2)
+            for after in (0, 2, 4, 5)
+        ]
+        assert [[r.event.version for r in page] for page in pages] == [[1, 2], [3, 4], [5], []]
+        by_id = {r.event.event_id: r for r in log}
+        for record in (r for page in pages for r in page):
+            assert record.position == by_id[record.event.event_id].position
+            assert record.recorded_at == by_id[record.event.event_id].recorded_at
+        assert await store.read_stream_records("acct-missing", limit=10) == []
 
     # 3. A stale expected version raises ConcurrencyError and stores nothing.
 
