@@ -1,16 +1,14 @@
 """A PostgreSQL outage surfaces as OperationalError, fast, and the pool recovers by itself.
 
-The database is reached through a small TCP proxy in the test, which is cut (every
-connection closed, nothing listening) and restored on the same port; the server itself is
-never stopped.
+The database is reached through the fault proxy of the reliability suite, which resets every
+connection (and each new one) and then heals on the same port; the server itself is never
+stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -18,6 +16,7 @@ from cqrskit.errors import OperationalError
 from cqrskit.messages import LOG_START, DomainEvent, utc_now
 from cqrskit.store.postgres import PostgresEventStore, open_postgres_backend
 from cqrskit.store.protocol import ANY_VERSION, StreamAppend
+from tests.reliability.proxy import FaultProxy
 
 
 class Pinged(DomainEvent):
@@ -35,50 +34,6 @@ def free_port() -> int:
         return port
 
 
-class Proxy:
-    """Forwards a local port to the PostgreSQL server until cut."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-    def url(self, database_url: str) -> str:
-        parts = urlsplit(database_url)
-        return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}"))
-
-
 async def test_unreachable_server_raises_operational_error_quickly() -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     with pytest.raises(OperationalError) as caught:
@@ -87,15 +42,14 @@ async def test_unreachable_server_raises_operational_error_quickly() -> None:
 
 
 async def test_outage_gives_operational_error_and_the_pool_recovers(postgres_url: str) -> None:
-    parts = urlsplit(postgres_url)
-    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy = FaultProxy.for_url(postgres_url)
     await proxy.start()
     backend = await open_postgres_backend(proxy.url(postgres_url))
     store = backend.store
     assert isinstance(store, PostgresEventStore)
     try:
         await store.append(ping())
-        await proxy.cut()
+        proxy.reset()
         for _ in range(3):
             with pytest.raises(OperationalError):
                 await asyncio.wait_for(store.append(ping()), 15.0)
@@ -104,7 +58,7 @@ async def test_outage_gives_operational_error_and_the_pool_recovers(postgres_url
             with pytest.raises(OperationalError):
                 await asyncio.wait_for(backend.read_models.checkpoint("p"), 15.0)
 
-        await proxy.start()
+        proxy.heal()
 
         async def recovered() -> None:
             while True:
@@ -134,4 +88,4 @@ async def test_outage_gives_operational_error_and_the_pool_recovers(postgres_url
         assert await asyncio.wait_for(waiter, 10.0) is True
     finally:
         await backend.close()
-        await proxy.cut()
+        await proxy.close()
