@@ -7,9 +7,11 @@ connections are not reset with a query on release: cqrskit never leaves session 
 and asyncpg still rolls back a transaction left open before the connection returns.
 
 Every driver or socket error is translated into :mod:`cqrskit.errors` here, so nothing above
-this module sees an ``asyncpg`` exception. A dead database fails fast: connecting gives up
-after ``connect_timeout`` seconds and a query after ``command_timeout`` seconds; the pool
-replaces broken connections on the next acquire.
+this module sees an ``asyncpg`` exception. A dead or unreachable database fails in bounded
+time: connecting gives up after ``connect_timeout`` seconds, and a query or a wait for a
+pooled connection after ``command_timeout`` seconds (``CQRSKIT_DATABASE_CONNECT_TIMEOUT``,
+``CQRSKIT_DATABASE_COMMAND_TIMEOUT``); the pool replaces broken connections on the next
+acquire.
 """
 
 from __future__ import annotations
@@ -94,10 +96,18 @@ class PostgresDatabase:
 
     dialect = "postgres"
 
-    def __init__(self, url: str, pool: asyncpg.Pool, *, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool: asyncpg.Pool,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
         self.url = url
         self.pool = pool
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self._closed = False
 
     @classmethod
@@ -121,7 +131,7 @@ class PostgresDatabase:
                 max_inactive_connection_lifetime=60.0,
                 reset=_keep_session,
             )
-        return cls(url, pool, connect_timeout=connect_timeout)
+        return cls(url, pool, connect_timeout=connect_timeout, command_timeout=command_timeout)
 
     @property
     def closed(self) -> bool:
@@ -134,7 +144,7 @@ class PostgresDatabase:
         if self._closed:
             raise OperationalError("database is closed")
         with translating():
-            async with self.pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
+            async with self.pool.acquire(timeout=self.command_timeout) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager

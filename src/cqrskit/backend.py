@@ -36,11 +36,19 @@ class Backend:
             await close()
 
 
-async def open_backend(url: str, *, migrate: bool = True, pool_size: int = 10) -> Backend:
+async def open_backend(
+    url: str,
+    *,
+    migrate: bool = True,
+    pool_size: int = 10,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 30.0,
+) -> Backend:
     """Open the backend named by ``url``; create the event store's schema when ``migrate``.
 
     ``pool_size`` bounds the connections of a PostgreSQL pool (SQLite always uses one writer
-    and one reader connection).
+    and one reader connection); ``connect_timeout`` and ``command_timeout`` bound connecting
+    to PostgreSQL and each query or wait for a pooled connection (seconds).
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -55,7 +63,13 @@ async def open_backend(url: str, *, migrate: bool = True, pool_size: int = 10) -
     if scheme in ("postgresql", "postgres"):
         from cqrskit.store.postgres import open_postgres_backend
 
-        return await open_postgres_backend(url, migrate=migrate, max_size=pool_size)
+        return await open_postgres_backend(
+            url,
+            migrate=migrate,
+            max_size=pool_size,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
     raise ValueError("database URL must start with sqlite://, postgresql:// or memory://")
 
 

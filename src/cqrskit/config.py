@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     """Turns on API-key auth: JSON ``{"<key>": {"user_id", "roles"}}`` or ``key=user:role|...``."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    request_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Longest an HTTP request may take before it is answered 503 with ``Retry-After``."""
+    database_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Longest connecting to PostgreSQL may take (seconds)."""
+    database_command_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Longest a PostgreSQL query, or a wait for a pooled connection, may take (seconds)."""
     log_level: str = "info"
     consistency_timeout: float = Field(default=5.0, ge=0, le=300)
     """Longest a query given a consistency token waits for its projections (seconds)."""

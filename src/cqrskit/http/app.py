@@ -3,10 +3,10 @@
 ``create_app(service, settings)`` wires everything: a lifespan that opens the
 :class:`~cqrskit.service.Runtime` (and starts its projections when
 ``settings.run_projections``), the service's routers, ``/health``, ``/health/projections``,
-``/metrics``, the ``/ui`` dashboard, problem+json errors, and the request body limit.
-Routers reach the runtime through :func:`get_runtime` and send commands through
-:class:`CommandSender`, which counts them in the metrics and puts the consistency token in
-the ``X-Consistency-Token`` header.
+``/metrics``, the ``/ui`` dashboard, problem+json errors, the request deadline and the
+request body limit. Routers reach the runtime through :func:`get_runtime` and send commands
+through :class:`CommandSender`, which counts them in the metrics and puts the consistency
+token in the ``X-Consistency-Token`` header.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from cqrskit.http.auth import (
     current_user_id,
     require_admin,
 )
+from cqrskit.http.deadline import RequestDeadline
 from cqrskit.http.health import health_router
 from cqrskit.http.limits import BodySizeLimit
 from cqrskit.http.metrics import HttpMetrics, Metrics, metrics_router
@@ -159,5 +160,6 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     app.include_router(ui_router)  # the dashboard shell: no data, see http/ui.py
     # The last middleware added runs outermost: count every request, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestDeadline, seconds=settings.request_timeout)
     app.add_middleware(HttpMetrics, metrics=metrics)
     return app

@@ -24,7 +24,14 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from cqrskit._postgres import ANNOUNCE, Listener, PostgresDatabase, translating
+from cqrskit._postgres import (
+    ANNOUNCE,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    Listener,
+    PostgresDatabase,
+    translating,
+)
 from cqrskit.backend import Backend
 from cqrskit.errors import ConcurrencyError, OperationalError
 from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
@@ -643,11 +650,19 @@ async def open_postgres_backend(
     migrate: bool = True,
     min_size: int = 1,
     max_size: int = 10,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float = COMMAND_TIMEOUT,
 ) -> Backend:
     """Open the pool, the store's listener and read models; create the schema when asked."""
     from cqrskit.read_models.postgres import PostgresReadModelStore
 
-    db = await PostgresDatabase.open(url, min_size=min_size, max_size=max_size)
+    db = await PostgresDatabase.open(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+    )
     store = PostgresEventStore(db)
     try:
         if migrate:
