@@ -5,7 +5,8 @@ Every other test shares the server on 5432, so a crash test must never stop it. 
 durable settings (``fsync=on``, ``synchronous_commit=on``, ``full_page_writes=on``), its unix
 socket in the same directory, and trust authentication for the ``postgres`` role.
 :meth:`PgCluster.crash` kills it the way a power cut or an OOM killer would
-(``pg_ctl stop -m immediate``, or SIGKILL of the postmaster and every backend), so the next
+(``pg_ctl stop -m immediate``, SIGKILL of the postmaster and every backend, or of the
+postmaster alone), so the next
 :meth:`PgCluster.start` runs crash recovery from the WAL.
 
 PostgreSQL refuses to run as root, so under root the binaries run as the ``postgres`` OS user
@@ -52,7 +53,7 @@ _SETTINGS = {
     "log_min_messages": "warning",
 }
 
-CrashMode = Literal["immediate", "sigkill"]
+CrashMode = Literal["immediate", "sigkill", "postmaster"]
 
 
 def _missing() -> str | None:
@@ -221,7 +222,9 @@ class PgCluster:
 
         ``immediate``: ``pg_ctl stop -m immediate`` (every process quits at once, like
         SIGQUIT). ``sigkill``: SIGKILL to the postmaster and all its backends at once, as an
-        OOM killer or a lost container would. Returns once no server process is left.
+        OOM killer or a lost container would. ``postmaster``: SIGKILL to the postmaster
+        alone; its backends notice and quit by themselves (in-flight queries may still get an
+        answer or an error). Returns once no server process is left.
         """
         pid = self.postmaster_pid
         if pid is None:
@@ -230,7 +233,7 @@ class PgCluster:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         else:
             backends = _children(pid)
-            for victim in (pid, *backends):
+            for victim in (pid, *backends) if mode == "sigkill" else (pid,):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(victim, signal.SIGKILL)
             self._wait_gone([pid, *backends])
