@@ -23,7 +23,7 @@
   const rows = new Map(); // projection -> {tr, cells...}
   const rebuilds = new Map(); // projection -> {state, applied, total, percent, eta_seconds, error}
   const rebuildTimers = new Map();
-  const events = { after: null, back: [], next: null, loaded: false };
+  const events = { after: null, back: [], next: null, head: null, loaded: false, request: 0, inflight: false };
   let deadShown = null; // the dead letters last rendered (JSON), so an unchanged list keeps its DOM
   const stream = { id: null, nextVersion: null };
 
@@ -154,6 +154,7 @@
     events.back = [];
     events.next = null;
     events.loaded = false;
+    events.request += 1; // an answer still in flight is for the previous key: drop it
     deadShown = null;
   }
 
@@ -221,9 +222,21 @@
       sectionError("dead-error", dead.status === "rejected" ? dead.reason : null);
       if (stats.status === "fulfilled") renderStats(stats.value);
       sectionError("counters-error", stats.status === "rejected" ? stats.reason : null);
-      if (!events.loaded) loadEvents(null, false);
+      if (!events.loaded && !events.inflight) {
+        loadEvents(null, false);
+      } else if (tailing(projections)) {
+        loadEvents(events.after, false); // on the last page and the log grew: show the new events
+      }
     }
     pollTimer = setTimeout(tick, POLL_MS);
+  }
+
+  // Whether the event browser shows the log's last page and the head moved since: one page is
+  // fetched again, never more (the log may hold millions of events).
+  function tailing(projections) {
+    if (!events.loaded || events.inflight || events.next || projections.status !== "fulfilled") return false;
+    const head = projections.value && projections.value.head;
+    return Boolean(head) && head !== events.head;
   }
 
   function refreshSoon() {
@@ -532,19 +545,26 @@
 
   // ---- event browser -------------------------------------------------------------------
   async function loadEvents(after, remember) {
+    const request = ++events.request; // only the latest request may draw the page
     let body;
+    events.inflight = true;
     try {
       body = await api("/admin/events" + q({ after, limit: EVENTS_PAGE }));
     } catch (error) {
+      events.inflight = false;
+      if (request !== events.request) return;
       if (handleActionError(error)) return;
       sectionError("events-error", error);
       return;
     }
+    events.inflight = false;
+    if (request !== events.request) return;
     sectionError("events-error", null);
     events.loaded = true;
     if (remember) events.back.push(events.after);
     events.after = after;
     events.next = body.next || null;
+    events.head = body.head || null;
     const items = Array.isArray(body.items) ? body.items : [];
     $("events").tBodies[0].replaceChildren(...items.map((e) =>
       el("tr", { attrs: { "data-position": e.position } },
