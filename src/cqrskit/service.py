@@ -27,6 +27,7 @@ from cqrskit.projections.generations import LiveReadModels
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
 from cqrskit.projections.rebuild import follow
+from cqrskit.projections.rebuild_jobs import RebuildJobs
 from cqrskit.projections.runner import ProjectionRunner
 from cqrskit.projections.status import LagMonitor, ProjectionLag, lag_thresholds, projection_lag
 from cqrskit.query_bus import QueryBus
@@ -70,6 +71,8 @@ class Runtime:
     query_cache: RedisQueryCache | None = None
     publisher: NatsPublisher | None = None
     """Publishes integration events to NATS JetStream (when ``settings.nats_url`` is set)."""
+    rebuilds: RebuildJobs = field(default_factory=RebuildJobs)
+    """Blue/green rebuilds started on request in this process (the admin API)."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -176,7 +179,8 @@ class Runtime:
         return await projection_lag(self.backend.store, self.backend.read_models, names)
 
     async def close(self) -> None:
-        """Stop projection tasks and close the backend."""
+        """Stop rebuilds and projection tasks, then close the backend."""
+        await self.rebuilds.close()
         self._stop.set()
         for task in self._tasks:
             task.cancel()

@@ -1,4 +1,9 @@
-"""Operator endpoints under ``/admin``: dead letters of projections (poison events).
+"""Operator endpoints under ``/admin``: dead letters here; projections and rebuilds in
+:mod:`~cqrskit.http.admin_projections`, the event browser in
+:mod:`~cqrskit.http.admin_events`, counters in :mod:`~cqrskit.http.admin_stats` (all
+included in :data:`router`).
+
+Dead letters of projections (poison events):
 
 - ``GET /admin/deadletters?projection=&stream_id=&status=``: parked and skipped events, in log
   order per projection.
@@ -21,6 +26,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from cqrskit.errors import NotFound, ProjectionError
+from cqrskit.http import admin_events, admin_projections, admin_stats
+from cqrskit.http._admin import app_runtime
 from cqrskit.http.problems import problem
 from cqrskit.projections.deadletters import (
     SettleResult,
@@ -28,20 +35,12 @@ from cqrskit.projections.deadletters import (
     retry_dead_letters,
     skip_dead_letters,
 )
-from cqrskit.service import Runtime
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/admin", tags=["operations"])
 
 _Name = Annotated[str, Query(min_length=1, max_length=200)]
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if not isinstance(runtime, Runtime):
-        raise RuntimeError("the app's runtime is not open (was the lifespan run?)")
-    return runtime
 
 
 def _result(result: SettleResult) -> dict[str, Any]:
@@ -67,7 +66,7 @@ async def list_dead_letters(
     status: Literal["parked", "skipped"] | None = None,
 ) -> dict[str, Any]:
     """List dead letters, optionally of one projection, stream or status."""
-    rt = _runtime(request)
+    rt = app_runtime(request)
     if projection is not None and projection not in rt.runners:
         raise NotFound("projection", projection)
     rows = await rt.backend.read_models.dead_letters(projection, stream_id=stream_id)
@@ -78,7 +77,7 @@ async def list_dead_letters(
 @router.post("/deadletters/{projection}/{stream_id}/retry")
 async def retry(request: Request, projection: str, stream_id: str) -> Any:
     """Apply the stream's parked events in order, exactly once."""
-    rt = _runtime(request)
+    rt = app_runtime(request)
     projections = [runner.projection for runner in rt.runners.values()]
     try:
         result = await retry_dead_letters(
@@ -97,7 +96,7 @@ async def skip(
     ids: Annotated[list[int] | None, Query(alias="id", max_length=1000)] = None,
 ) -> Any:
     """Mark the stream's parked events (or only ``id``s) as skipped."""
-    rt = _runtime(request)
+    rt = app_runtime(request)
     projections = [runner.projection for runner in rt.runners.values()]
     try:
         result = await skip_dead_letters(
@@ -106,3 +105,7 @@ async def skip(
     except ProjectionError:
         return _conflict()
     return _result(result)
+
+
+for _module in (admin_projections, admin_events, admin_stats):
+    router.include_router(_module.router)  # under /admin, with the same admin guard

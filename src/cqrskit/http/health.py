@@ -26,7 +26,7 @@ from cqrskit.projections.status import lag_thresholds, projection_status
 if TYPE_CHECKING:
     from cqrskit.service import Runtime
 
-__all__ = ["health_router"]
+__all__ = ["health_router", "projections_report"]
 
 
 def health_router(runtime: Callable[[Request], Runtime]) -> APIRouter:
@@ -41,16 +41,20 @@ def health_router(runtime: Callable[[Request], Runtime]) -> APIRouter:
     @router.get("/health/projections")
     async def projections(request: Request) -> JSONResponse:
         """Lag and state of every projection; 503 when one is failing."""
-        rt = runtime(request)
-        statuses = await projection_status(rt, lag_thresholds(rt.settings))
-        levels = {status.level for status in statuses}
-        overall = "failing" if "fail" in levels else "warn" if "warn" in levels else "ok"
-        head = statuses[0].lag.head if statuses else await rt.backend.store.head()
-        body: dict[str, Any] = {
-            "status": overall,
-            "head": head.token(),
-            "projections": [status.as_json() for status in statuses],
-        }
-        return JSONResponse(body, status_code=503 if overall == "failing" else 200)
+        body = await projections_report(runtime(request))
+        return JSONResponse(body, status_code=503 if body["status"] == "failing" else 200)
 
     return router
+
+
+async def projections_report(rt: Runtime) -> dict[str, Any]:
+    """The body of ``/health/projections`` (also served by ``/admin/projections``)."""
+    statuses = await projection_status(rt, lag_thresholds(rt.settings))
+    levels = {status.level for status in statuses}
+    overall = "failing" if "fail" in levels else "warn" if "warn" in levels else "ok"
+    head = statuses[0].lag.head if statuses else await rt.backend.store.head()
+    return {
+        "status": overall,
+        "head": head.token(),
+        "projections": [status.as_json() for status in statuses],
+    }

@@ -30,6 +30,7 @@ one), so several apps in one process do not clash. Exposed series:
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -54,10 +55,40 @@ if TYPE_CHECKING:
     from cqrskit.read_models.cache import RedisQueryCache
     from cqrskit.service import Runtime
 
-__all__ = ["HttpMetrics", "Metrics", "metrics_router"]
+__all__ = ["HttpMetrics", "Metrics", "RateWindow", "metrics_router"]
 
 _STATES = ("running", "catching_up", "stalled", "failed", "rebuilding")
 _LEVELS = {"ok": 0, "warn": 1, "fail": 2}
+
+
+class RateWindow:
+    """Counts events in one-second buckets to give a rate over the last ``seconds``."""
+
+    def __init__(self, seconds: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._since = clock()
+        self._buckets: collections.deque[list[int]] = collections.deque()
+
+    def mark(self) -> None:
+        """Count one event now."""
+        second = int(self._clock())
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([second, 1])
+            self._trim(second)
+
+    def per_second(self) -> float:
+        """Events per second over the window (over the uptime while that is shorter)."""
+        now = self._clock()
+        self._trim(int(now))
+        span = min(float(self.seconds), max(1.0, now - self._since))
+        return sum(count for _, count in self._buckets) / span
+
+    def _trim(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.seconds:
+            self._buckets.popleft()
 
 
 class Metrics:
@@ -142,6 +173,7 @@ class Metrics:
         )
         self.latency = _LatencyCollector()
         r.register(self.latency)
+        self.command_rate = RateWindow()
 
     async def dispatch(self, bus: CommandBus, command: Command) -> CommandResult:
         """Dispatch ``command`` on ``bus``, counting its outcome and timing it."""
@@ -157,6 +189,7 @@ class Metrics:
             raise
         finally:
             self.commands.labels(name, outcome).inc()
+            self.command_rate.mark()
             self.command_seconds.labels(name).observe(time.perf_counter() - started)
 
     async def refresh_projections(self, runtime: Runtime) -> None:
@@ -174,6 +207,30 @@ class Metrics:
             self.level.labels(name).set(_LEVELS.get(status.level, 2))
             for state in _STATES:
                 self.state.labels(name, state).set(1 if status.state == state else 0)
+
+    def stats(self) -> dict[str, dict[str, int | float]]:
+        """Totals of this process: commands (failed: any outcome but ``ok``) and requests."""
+        commands = failed = requests = errors_4xx = errors_5xx = 0
+        for family in self.commands.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    commands += int(sample.value)
+                    failed += 0 if sample.labels["outcome"] == "ok" else int(sample.value)
+        for family in self.http_requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    requests += int(sample.value)
+                    status = sample.labels["status"]
+                    errors_4xx += int(sample.value) if status.startswith("4") else 0
+                    errors_5xx += int(sample.value) if status.startswith("5") else 0
+        return {
+            "commands": {
+                "total": commands,
+                "failed": failed,
+                "per_second": round(self.command_rate.per_second(), 3),
+            },
+            "requests": {"total": requests, "errors_5xx": errors_5xx, "errors_4xx": errors_4xx},
+        }
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
