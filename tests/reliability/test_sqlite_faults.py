@@ -324,6 +324,9 @@ async def test_io_failures_never_acknowledge_and_lose_nothing(
                 child, workload, [workload.next() for _ in range(rng.randint(1, 3))], kind
             )
             await child.control(f"disable name={BLOCKING_FAULTS[kind]}")
+            acknowledged = run.acknowledged_under_blocking_fault
+            assert not acknowledged, f"{acknowledged} (seed {SEED})"
+            assert not run.unexpected, f"not OperationalError: {run.unexpected} (seed {SEED})"
             assert await run.send(child, workload, [workload.next()]) == [True], (
                 f"the first command after a {kind} failure failed (seed {SEED})"
             )
