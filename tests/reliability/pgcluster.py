@@ -35,7 +35,7 @@ from typing import Literal
 
 import pytest
 
-__all__ = ["BIN_DIR", "CrashMode", "PgCluster", "require_pgcluster"]
+__all__ = ["BIN_DIR", "CrashMode", "PgCluster", "process_alive", "require_pgcluster"]
 
 BIN_DIR = Path(os.environ.get("CQRSKIT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 """Where ``initdb``, ``pg_ctl`` and ``postgres`` live (``CQRSKIT_PG_BIN`` overrides)."""
@@ -88,7 +88,8 @@ def _free_port() -> int:
         return port
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -200,7 +201,7 @@ class PgCluster:
             pid = int(first)
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     @property
     def running(self) -> bool:
@@ -243,7 +244,7 @@ class PgCluster:
         # The next postmaster refuses to start while an old backend still holds shared memory,
         # or while the pid in postmaster.pid exists at all (a zombie not yet reaped counts).
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in pids):
+        while any(process_alive(pid) for pid in pids):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server processes {pids} outlived SIGKILL")
             time.sleep(0.01)

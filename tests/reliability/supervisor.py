@@ -102,6 +102,8 @@ class Child:
         """The base URL of an HTTP child (readiness is ``GET /health``)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.exits: list[int] = []
+        """The exit status of every stop awaited so far (``-9``: SIGKILL)."""
         self._log_offset = 0
 
     @property
@@ -184,6 +186,7 @@ class Child:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not exit in {timeout} s")
             await asyncio.sleep(0.02)
+        self.exits.append(code)
         return code
 
     async def kill(self) -> int:
