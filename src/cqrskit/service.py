@@ -80,7 +80,11 @@ class Runtime:
     async def open(cls, service: Service, settings: Settings) -> Runtime:
         """Open the backend, build buses and runners, and migrate when settings say so."""
         backend = await open_backend(
-            settings.database_url, migrate=settings.migrate, pool_size=settings.pool_size
+            settings.database_url,
+            migrate=settings.migrate,
+            pool_size=settings.pool_size,
+            connect_timeout=settings.database_connect_timeout,
+            command_timeout=settings.database_command_timeout,
         )
         try:
             return await cls._wire(service, settings, backend)

@@ -43,9 +43,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["FaultProxy", "ProxyStats"]
+__all__ = ["APPEND_STATEMENTS", "FaultProxy", "ProxyStats"]
 
 Protocol = Literal["raw", "postgres"]
+
+APPEND_STATEMENTS = (b"INSERT INTO events", b"cqrskit_append(")
+"""What cqrskit's PostgreSQL appends contain (one event, and the multi-event function):
+``cut_after_commit(APPEND_STATEMENTS)`` cuts an append, not a projection's write."""
 
 _CHUNK = 65536
 _SSL_REQUEST = 80877103
