@@ -372,14 +372,18 @@
       row.spark = { svg, title, line };
     }
     const max = Math.max(1, ...trend.map((s) => s[1]));
+    // The x axis spans what was sampled so far (at least 30 s), up to the 5-minute window.
+    const span = Math.max(30000, Math.min(TREND_WINDOW_MS, trend.length ? now - trend[0][0] : 0));
     const points = trend.map(([t, lag]) => {
-      const x = width - ((now - t) / TREND_WINDOW_MS) * width;
+      const x = width - ((now - t) / span) * width;
       const y = height - 2 - (lag / max) * (height - 4);
       return x.toFixed(1) + "," + y.toFixed(1);
     });
     row.spark.line.setAttribute("points", points.join(" "));
     const latest = trend.length ? trend[trend.length - 1][1] : 0;
-    const label = "Lag of " + name + " over the last 5 minutes: now " + fmt(latest) + " events, peak " +
+    const minutes = span / 60000;
+    const over = minutes >= 1 ? fmt(minutes, 1) + " minutes" : fmt(span / 1000) + " seconds";
+    const label = "Lag of " + name + " over the last " + over + ": now " + fmt(latest) + " events, peak " +
       fmt(Math.max(0, ...trend.map((s) => s[1]))) + " events";
     row.spark.title.textContent = label;
     row.spark.svg.setAttribute("aria-label", label);
