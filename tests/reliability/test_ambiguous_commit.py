@@ -14,6 +14,7 @@ DESIGN.md guarantees 1 and 5.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -27,8 +28,9 @@ import pytest
 from cqrskit.command_bus import CommandResult
 from cqrskit.config import Settings
 from cqrskit.errors import OperationalError
-from cqrskit.messages import Command
+from cqrskit.messages import Command, LogPosition, RecordedEvent
 from cqrskit.service import Runtime
+from cqrskit.store.protocol import EventStore
 from orders.customer import RegisterCustomer
 from orders.order import CreateOrder, OrderCreated, OrderShipped, ShipOrder
 from orders.product import AddProduct
@@ -74,6 +76,7 @@ async def until_ok(call: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) ->
             return result, tries
         if time.monotonic() > deadline:
             raise AssertionError(f"still failing {HEAL_BOUND} s after healing: {result}")
+        await asyncio.sleep(0.05)
 
 
 # --- over HTTP ------------------------------------------------------------------------------
@@ -196,6 +199,14 @@ async def seed(runtime: Runtime) -> tuple[CreateOrder, ShipOrder]:
     return order, ShipOrder(order_id=order.order_id)
 
 
+async def read_visible_log(store: EventStore, position: LogPosition | None) -> list[RecordedEvent]:
+    """The log, once readers can see ``position`` (on PostgreSQL other sessions' open
+    transactions can hold the readable head back for a moment)."""
+    if position is not None:
+        await until_ok(store.head, lambda head: head >= position)
+    return await read_log(store)
+
+
 async def dispatch_until_ok(runtime: Runtime, command: Command) -> tuple[CommandResult, int]:
     async def once() -> CommandResult | None:
         try:
@@ -229,10 +240,11 @@ async def test_bus_retry_with_the_same_command_id_after_a_cut_commit(
         retries += tries
         history.ok(again, "replayed", events=len(result.events))
         # The original outcome: exactly the events the cut append stored.
-        log = await read_log(store)
+        log = await read_visible_log(store, result.position)
         mine = [r for r in log if r.event.metadata.causation_id == command.command_id]
         assert [r.event.event_id for r in mine] == [r.event.event_id for r in result.events]
         assert result.position == mine[-1].position
+    await read_visible_log(store, result.position)
     result_check = await check_history(history, store)
     result_check.assert_clean()
     assert result_check.unknown_committed == 2
@@ -260,9 +272,9 @@ async def test_bus_resolves_a_lost_commit_reply_itself_when_the_database_answers
         history.ok(op, "ok", events=len(result.events))
         assert fired.is_set()
         assert result.events, "answered from the command's record, with its events"
+    log = await read_visible_log(store, result.position)
     check = await check_history(history, store)
     check.assert_clean()
-    log = await read_log(store)
     assert sum(isinstance(r.event, OrderCreated) for r in log) == 1
     assert sum(isinstance(r.event, OrderShipped) for r in log) == 1
     assert proxied.proxy.stats.cut_after_commit == 2
