@@ -137,7 +137,9 @@ async def test_a_poison_event_is_flagged_then_retried_from_the_page(
         await screenshots("flagged")
 
         fixture_service.BROKEN.discard("Mallory")  # the handler is fixed
-        await page.get_by_role("button", name=f"Retry stream {stream} in vip").click()
+        retry = page.get_by_role("button", name=f"Retry stream {stream} in vip")
+        await retry.focus()
+        await page.keyboard.press("Enter")  # buttons work from the keyboard
         await expect(page.locator("#status")).to_contain_text(
             f"Retried stream {stream} in vip: 1 applied", timeout=WAIT_MS
         )
