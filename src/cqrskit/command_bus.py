@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from cqrskit.errors import (
@@ -43,7 +44,7 @@ from cqrskit.messages import Command, DomainEvent, LogPosition, RecordedEvent
 from cqrskit.middleware import Middleware, Next, chain
 from cqrskit.repository import AggregateCache, Repository
 from cqrskit.snapshots import Snapshotter
-from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
+from cqrskit.store.protocol import AppendResult, Backlog, EventStore, StreamAppend
 
 __all__ = ["CommandBus", "CommandHandler", "CommandResult"]
 
@@ -250,6 +251,12 @@ class _RecordingStore:
 
     async def count_after(self, after: LogPosition) -> int:
         return await self._store.count_after(after)
+
+    async def backlog(self, after: LogPosition) -> Backlog:
+        return await self._store.backlog(after)
+
+    async def now(self) -> datetime:
+        return await self._store.now()
 
     async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
         return await self._store.wait_for_events(after, timeout)

@@ -231,7 +231,9 @@ class ProjectionRunner:
         self._parked_at = position
         self.status.events_applied += len(page)
         self.status.checkpoint = position
-        self.status.meter.committed(len(page), [r.recorded_at for r in page])
+        # The store's clock stamped recorded_at: latency by ours would carry the skew.
+        now = await self.store.now()
+        self.status.meter.committed(len(page), [r.recorded_at for r in page], now)
         if self.listeners:
             await self._tell_committed(position, page)
         return position

@@ -1,6 +1,9 @@
 """Lag and state of each projection: what health checks, metrics, the CLI and alerts read.
 
-:func:`projection_lag` measures positions against the log's head; :func:`projection_status`
+:func:`projection_lag` measures positions against the log's head, and ages by the clock that
+stamped the events' ``recorded_at`` (the database server's on PostgreSQL), never this
+process's own: a process whose clock is minutes off still reports the real lag.
+:func:`projection_status`
 adds what the runners of this process know (state, throughput, last error, the failing
 event, parked events) and judges each projection against :class:`LagThresholds`:
 
@@ -53,10 +56,19 @@ _log = logging.getLogger("cqrskit.projections.lag")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds (seconds) of the append-to-visible latency histogram."""
 _WINDOW = 60.0
+_JITTER = 0.001
+"""Ages this far below zero are jitter between estimates of one clock: observed as 0."""
 
 
 class Meter:
-    """Progress samples and the append-to-visible latency histogram of one runner."""
+    """Progress samples and the append-to-visible latency histogram of one runner.
+
+    A latency is ``now - recorded_at`` where ``now`` comes from the event store's clock
+    (:meth:`~cqrskit.store.protocol.EventStore.now`), the one that stamped ``recorded_at``.
+    An age below zero by more than :data:`_JITTER` means the two readings disagree (a clock
+    stepped, or no store clock was given): it is counted in ``skewed`` and kept out of the
+    histogram, where a 0 would pass for a fast commit.
+    """
 
     def __init__(self, clock: Any = time.monotonic) -> None:
         self._clock = clock
@@ -67,18 +79,29 @@ class Meter:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
+        self.skewed = 0
 
-    def committed(self, events: int, recorded_at: list[datetime]) -> None:
-        """Count ``events`` applied now; observe ``now - recorded_at`` of each."""
-        now = self._clock()
+    def committed(
+        self, events: int, recorded_at: list[datetime], now: datetime | None = None
+    ) -> None:
+        """Count ``events`` applied now; observe ``now - recorded_at`` of each.
+
+        ``now`` is the store's current time (default: this process's clock, right only
+        where this process stamped ``recorded_at``).
+        """
+        tick = self._clock()
         self.applied += events
-        self.last_progress = now
-        self._samples.append((now, events))
-        while self._samples and self._samples[0][0] < now - _WINDOW:
+        self.last_progress = tick
+        self._samples.append((tick, events))
+        while self._samples and self._samples[0][0] < tick - _WINDOW:
             self._samples.popleft()
-        wall = utc_now()
+        wall = utc_now() if now is None else now
         for moment in recorded_at:
-            seconds = max(0.0, (wall - moment).total_seconds())
+            seconds = (wall - moment).total_seconds()
+            if seconds < -_JITTER:
+                self.skewed += 1
+                continue
+            seconds = max(0.0, seconds)
             self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.latency_sum += seconds
             self.latency_count += 1
@@ -113,21 +136,20 @@ async def projection_lag(
     """Measure each named projection against the store's head.
 
     ``lag_seconds`` is the age of the oldest event the projection has not applied (0 when it
-    is caught up).
+    is caught up), measured by the store (:meth:`~cqrskit.store.protocol.EventStore.backlog`)
+    with the clock that stamped ``recorded_at``: one round trip per lagging projection.
     """
     head = await store.head()
     stored = {row.name: row for row in await read_models.checkpoints()}
-    now = utc_now()
     out = []
     for name in names:
         row = stored.get(name)
         position = row.position if row else LogPosition(0, 0)
-        lag_events = 0 if position >= head else await store.count_after(position)
-        lag_seconds = 0.0
-        if lag_events:
-            oldest = await store.read_all(after=position, limit=1)
-            if oldest:
-                lag_seconds = max(0.0, (now - oldest[0].recorded_at).total_seconds())
+        lag_events, lag_seconds = 0, 0.0
+        if position < head:
+            lag_events, lag_seconds = await store.backlog(position)
+            if not lag_events:
+                lag_seconds = 0.0
         out.append(
             ProjectionLag(
                 name, position, head, lag_events, lag_seconds, row.updated_at if row else None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from uuid import uuid4
 
 from cqrskit.errors import ConcurrencyError
 from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
-from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
+from cqrskit.store.protocol import ANY_VERSION, AppendResult, Backlog, StreamAppend
 
 __all__ = ["MemoryEventStore"]
 
@@ -89,6 +90,17 @@ class MemoryEventStore:
 
     async def count_after(self, after: LogPosition) -> int:
         return max(0, len(self._log) - after.position)
+
+    async def backlog(self, after: LogPosition) -> Backlog:
+        # This process's clock stamped recorded_at, so it measures the age.
+        pending = self._log[after.position :]
+        if not pending:
+            return Backlog(0, 0.0)
+        oldest = min(r.recorded_at for r in pending)
+        return Backlog(len(pending), max(0.0, (utc_now() - oldest).total_seconds()))
+
+    async def now(self) -> datetime:
+        return utc_now()
 
     async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
         return await self._notifier.wait(lambda: len(self._log) > after.position, timeout)

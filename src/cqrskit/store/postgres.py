@@ -9,8 +9,12 @@ appender waits on the unique ``(stream_id, version)`` index and then fails.
 
 Appends are announced after commit with ``NOTIFY`` (never inside the append: PostgreSQL
 serializes notifying commits); readers wake on the listener and re-poll while committed
-events are still behind the fence. ``read_all``, ``head`` and ``count_after`` wait briefly
-until this store's own appends are readable, so a process reads its own writes.
+events are still behind the fence. ``read_all``, ``head``, ``count_after`` and ``backlog``
+wait briefly until this store's own appends are readable, so a process reads its own writes.
+
+``recorded_at`` is the server's ``now()``, so ages are measured by the server's clock:
+``backlog`` computes them in SQL, and ``now`` adds the server's offset from this process's
+clock, measured once a minute (see :meth:`PostgresEventStore.now`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -33,11 +39,18 @@ from cqrskit._postgres import (
     translating,
 )
 from cqrskit.backend import Backend
-from cqrskit.errors import ConcurrencyError, OperationalError
+from cqrskit.errors import ConcurrencyError, OperationalError, PersistenceError
 from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
-from cqrskit.messages import LOG_START, NIL_UUID, DomainEvent, LogPosition, RecordedEvent
+from cqrskit.messages import (
+    LOG_START,
+    NIL_UUID,
+    DomainEvent,
+    LogPosition,
+    RecordedEvent,
+    utc_now,
+)
 from cqrskit.store.mapper import deserialize, serialize
-from cqrskit.store.protocol import ANY_VERSION, AppendResult, StreamAppend
+from cqrskit.store.protocol import ANY_VERSION, AppendResult, Backlog, StreamAppend
 
 __all__ = ["SCHEMA", "PostgresEventStore", "open_postgres_backend"]
 
@@ -253,6 +266,13 @@ _COUNT_AFTER = (
     f" (SELECT count(*) FROM events e WHERE {_AFTER} AND e.transaction_id < f.xmin) AS n"
     f" FROM {_FENCED}"
 )
+# Seconds since the oldest matching event was recorded, by the server's clock (0 for none).
+_OLDEST_AGE = "greatest(coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0), 0)"
+_BACKLOG = (
+    "SELECT f.xmin::text::bigint AS fence, b.n, b.age FROM"  # noqa: S608 (constant text)
+    f" {_FENCED} CROSS JOIN LATERAL (SELECT count(*) AS n, {_OLDEST_AGE} AS age"
+    f" FROM events e WHERE {_AFTER} AND e.transaction_id < f.xmin) b"
+)
 # Readable: something after ``after`` lies below the fence. Committed: something after it is
 # visible at all, so if it is not readable yet an older transaction holds the fence back.
 _PROBE = (
@@ -264,6 +284,9 @@ _OWN_WRITES_WAIT = 2.0
 _REPOLL_MIN = 0.005
 _REPOLL_MAX = 0.02
 _FALLBACK_POLL = 0.2
+_CLOCK_EVERY = 60.0
+_CLOCK_RETRY = 5.0
+_CLOCK_SAMPLES = 3
 _ANY_VERSION_RETRIES = 10
 _log = logging.getLogger("cqrskit.postgres")
 
@@ -288,8 +311,7 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
 
 _HELD_BACK = (
     "SELECT count(*) AS n, min(e.recorded_at) AS since,"  # noqa: S608 (constant text)
-    " coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0) AS age"
-    f" FROM events e WHERE e.transaction_id >= {_FENCE}"
+    f" {_OLDEST_AGE} AS age FROM events e WHERE e.transaction_id >= {_FENCE}"
 )
 _OLDEST_TRANSACTION = (
     "SELECT pid, datname, application_name, backend_xid::text AS xid, state, xact_start,"
@@ -313,6 +335,9 @@ class PostgresEventStore:
         self._closed = False
         self._own_tx = 0  # greatest xid of this store's own committed appends
         self._settled_tx = 0  # greatest of those known to lie below the fence
+        self._clock_offset = timedelta(0)  # the server's clock minus ours
+        self._clock_due = 0.0  # monotonic time of the next offset measurement
+        self._clock_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Start listening for appends made by other connections and processes."""
@@ -492,6 +517,44 @@ class PostgresEventStore:
         params = (str(after.transaction_id), after.position)
         rows = await self._fenced(_COUNT_AFTER, *params, done=_never)
         return int(rows[0]["n"])
+
+    async def backlog(self, after: LogPosition) -> Backlog:
+        params = (str(after.transaction_id), after.position)
+        rows = await self._fenced(_BACKLOG, *params, done=_never)
+        return Backlog(int(rows[0]["n"]), float(rows[0]["age"]))
+
+    async def now(self) -> datetime:
+        """The server's time: ours plus its offset, measured at most once a minute.
+
+        recorded_at is the server's ``now()``; a process whose clock is minutes off would
+        otherwise see events as minutes old (or from the future). Offsets between clocks
+        drift by milliseconds per hour, so a cached one costs no round trip per call. The
+        offset is the best of a few ``clock_timestamp()`` round trips (error at most half
+        the round trip); while the server is unreachable the last one is kept.
+        """
+        if time.monotonic() >= self._clock_due:
+            async with self._clock_lock:  # concurrent callers wait for one measurement
+                if time.monotonic() >= self._clock_due:
+                    await self._measure_clock()
+        return utc_now() + self._clock_offset
+
+    async def _measure_clock(self) -> None:
+        best: tuple[float, timedelta] | None = None
+        try:
+            async with self.db.connection() as conn:
+                for _ in range(_CLOCK_SAMPLES):
+                    sent, started = utc_now(), time.monotonic()
+                    server: datetime = await conn.fetchval("SELECT clock_timestamp()")
+                    trip = time.monotonic() - started
+                    offset = server - (sent + timedelta(seconds=trip / 2))
+                    if best is None or trip < best[0]:
+                        best = (trip, offset)
+        except PersistenceError:
+            self._clock_due = time.monotonic() + _CLOCK_RETRY
+            return
+        if best is not None:
+            self._clock_offset = best[1]
+        self._clock_due = time.monotonic() + _CLOCK_EVERY
 
     async def _probe(self, after: LogPosition) -> tuple[bool, bool]:
         row = await self.db.fetchrow(_PROBE, str(after.transaction_id), after.position)

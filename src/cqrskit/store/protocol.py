@@ -20,11 +20,15 @@ Guarantees every adapter keeps (the shipped contract tests in
    A racing append with the same key waits for the first to end, then fails if it committed.
 9. ``find_command`` returns a committed record with exactly the events its append stored,
    in log order.
+10. Ages (``backlog``) and ``now`` use the clock that stamps ``recorded_at`` (the database
+    server's on PostgreSQL), never a reader's own: a reader whose clock is off by minutes
+    still measures the time an event has waited.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from cqrskit.idempotency import CommandRecord, StoredCommand
@@ -34,6 +38,7 @@ __all__ = [
     "ANY_VERSION",
     "NO_STREAM",
     "AppendResult",
+    "Backlog",
     "EventStore",
     "StreamAppend",
     "StreamPager",
@@ -62,6 +67,15 @@ class AppendResult(NamedTuple):
     def position(self) -> LogPosition:
         """The log position of the last appended event (the consistency token)."""
         return self.events[-1].position
+
+
+class Backlog(NamedTuple):
+    """The readable events after a position, and how long the oldest of them has waited."""
+
+    events: int
+    oldest_age: float
+    """Seconds since the oldest one's ``recorded_at`` by the clock that stamped it (0.0 when
+    there are none; never negative)."""
 
 
 class EventStore(Protocol):
@@ -110,6 +124,23 @@ class EventStore(Protocol):
 
     async def count_after(self, after: LogPosition) -> int:
         """Return how many readable events lie strictly after ``after``."""
+        ...
+
+    async def backlog(self, after: LogPosition) -> Backlog:
+        """Return how many readable events lie after ``after`` and the age of the oldest.
+
+        One round trip. The age is measured by the clock that stamped ``recorded_at``
+        (guarantee 10), so projection lag does not depend on the caller's clock.
+        """
+        ...
+
+    async def now(self) -> datetime:
+        """Return the current time by the clock that stamps ``recorded_at`` (UTC).
+
+        ``now() - event.recorded_at`` is how long an event has existed, whatever the
+        caller's own clock says. May be an estimate (within milliseconds) that costs no
+        round trip; never raises for an unreachable database.
+        """
         ...
 
     async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:

@@ -13,7 +13,7 @@ from cqrskit.idempotency import CommandRecord, DuplicateCommand, StoredCommand
 from cqrskit.messages import NIL_UUID, DomainEvent, LogPosition, RecordedEvent, utc_now
 from cqrskit.store._notify import Notifier
 from cqrskit.store.mapper import deserialize, serialize
-from cqrskit.store.protocol import ANY_VERSION, NO_STREAM, AppendResult, StreamAppend
+from cqrskit.store.protocol import ANY_VERSION, NO_STREAM, AppendResult, Backlog, StreamAppend
 
 __all__ = ["SCHEMA", "SQLiteEventStore"]
 
@@ -72,6 +72,8 @@ _FIND_COMMAND = (
 _READ_RANGE = f"SELECT {_COLUMNS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position"  # noqa: S608
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 _COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?"
+# isoformat() of UTC datetimes (always +00:00, six fraction digits or none) sorts as text.
+_BACKLOG = "SELECT count(*), min(recorded_at) FROM events WHERE position > ?"
 
 _Row = tuple[Any, ...]
 _Planned = tuple[str, int, list[_Row], list[DomainEvent]]
@@ -256,6 +258,18 @@ class SQLiteEventStore:
                 lambda conn: conn.execute(_COUNT_AFTER, (after.position,)).fetchone()[0]
             )
         )
+
+    async def backlog(self, after: LogPosition) -> Backlog:
+        # recorded_at comes from the appending process's clock (SQLite has no server clock):
+        # ages are measured by ours, exact for one process, as good as NTP across several.
+        row = await self.db.read(lambda conn: conn.execute(_BACKLOG, (after.position,)).fetchone())
+        if not row[0]:
+            return Backlog(0, 0.0)
+        age = (utc_now() - datetime.fromisoformat(row[1])).total_seconds()
+        return Backlog(int(row[0]), max(0.0, age))
+
+    async def now(self) -> datetime:
+        return utc_now()
 
     async def wait_for_events(self, after: LogPosition, timeout: float) -> bool:
         if await self._notifier.wait(lambda: self._known_head > after.position, timeout):

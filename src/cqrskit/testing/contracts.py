@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 OCCURRED_AT = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+_CLOCK_TOLERANCE = 1.0
+"""Seconds two readings of a store's clock may differ by (``now`` may be an estimate)."""
 
 HOSTILE_STRINGS = (
     "'; DROP TABLE contract_rows; --",
@@ -380,6 +382,26 @@ class EventStoreContract:
         assert await store.count_after(LOG_START) == 5
         assert await store.count_after(log[1].position) == 3
         assert await store.count_after(await store.head()) == 0
+
+    async def test_backlog_counts_readable_events_and_ages_the_oldest_by_the_store_clock(
+        self, store: EventStore
+    ) -> None:
+        assert await store.backlog(LOG_START) == (0, 0.0)
+        await _append(store, _one("acct-a", NO_STREAM, deposit(), deposit()))
+        await _append(store, _one("acct-b", NO_STREAM, deposit(), deposit(), deposit()))
+        log = await _log(store)
+        oldest = min(record.recorded_at for record in log)
+        before = await store.now()
+        backlog = await store.backlog(LOG_START)
+        after = await store.now()
+        assert before.utcoffset() == timedelta(0)
+        assert backlog.events == 5
+        # Measured by the clock that stamped recorded_at: between the two readings of it.
+        low = (before - oldest).total_seconds() - _CLOCK_TOLERANCE
+        high = (after - oldest).total_seconds() + _CLOCK_TOLERANCE
+        assert max(0.0, low) <= backlog.oldest_age <= high
+        assert (await store.backlog(log[1].position)).events == 3
+        assert await store.backlog(await store.head()) == (0, 0.0)
 
     # Wake-ups.
 
