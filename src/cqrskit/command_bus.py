@@ -156,9 +156,9 @@ class CommandBus:
         options, record = dispatching
         try:
             return await self._decide(command, record, options.expect)
-        except PreconditionFailed:
-            raise
         except Exception as exc:
+            # A command that failed here may have committed on an earlier attempt (a retry of
+            # a request whose answer was lost, If-Match included): the record decides.
             try:
                 stored = await self._store.find_command(record.scope, record.key)
             except Exception:

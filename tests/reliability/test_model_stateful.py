@@ -555,12 +555,9 @@ class Harness:
             self.sent.append((command, stream, op.expect))
             obs = await self._dispatch(command, stream, op.expect)
         elif isinstance(op, Retry | Reuse):
-            # Only commands sent without a version: a retry of one that named a version is
-            # refused today (see test_a_retry_that_named_a_version_gets_its_first_outcome).
-            unversioned = [sent for sent in self.sent if sent[2] == "none"]
-            if not unversioned:
+            if not self.sent:
                 return ("nothing to retry",)
-            command, stream, expect = unversioned[op.pick % len(unversioned)]
+            command, stream, expect = self.sent[op.pick % len(self.sent)]
             if isinstance(op, Reuse):
                 amount = getattr(command, "amount") + op.delta  # noqa: B009 - all three have it
                 command = command.model_copy(update={"amount": amount, "timestamp": self._at()})
@@ -854,12 +851,6 @@ def _record() -> None:
     record("model_stateful", **dict(sorted(FIGURES.items())))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CommandBus._execute re-raises PreconditionFailed before looking up the recorded"
-    " key, so a retry of a committed command that named a version (HTTP If-Match) gets 412"
-    " instead of its first outcome (DESIGN.md guarantee 5)",
-)
 async def test_a_retry_that_named_a_version_gets_its_first_outcome() -> None:
     from cqrskit.store.memory import MemoryEventStore
 
