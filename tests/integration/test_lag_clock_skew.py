@@ -24,8 +24,10 @@ import httpx
 import pytest
 
 from cqrskit.config import Settings
+from cqrskit.messages import LogPosition
 from cqrskit.projections.status import LATENCY_BUCKETS, Meter
 from cqrskit.service import Runtime
+from cqrskit.testing.contracts import wait_until_readable
 from orders.service import service
 from tests.integration.http_server import DEADLINE_SECONDS
 from tests.integration.test_http_health import value
@@ -47,10 +49,11 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
         yield sup
 
 
-async def register(client: httpx.AsyncClient, name: str) -> None:
+async def register(client: httpx.AsyncClient, name: str) -> LogPosition:
     body = {"name": name, "email": f"{name.lower()}@example.com"}
     response = await client.post(f"{API}/customers", json=body)
     assert response.status_code == 201, response.text
+    return LogPosition.parse(response.json()["consistency_token"])
 
 
 async def backdate_last_event(url: str, by: timedelta) -> None:
@@ -71,17 +74,19 @@ async def test_lag_seconds_follow_the_database_clock_not_the_api_clock(
 ) -> None:
     api = supervisor.api(postgres_url, env=skewed(libfaketime(), offset))
     await supervisor.start(api)
+    runtime = await Runtime.open(service, Settings(database_url=postgres_url, migrate=False))
+    store = runtime.backend.store
     async with httpx.AsyncClient(base_url=api.url or "", timeout=DEADLINE_SECONDS) as client:
-        await register(client, "Ada")
-        # Apply everything so far here (real clock), then leave exactly one event unapplied.
-        runtime = await Runtime.open(service, Settings(database_url=postgres_url, migrate=False))
         try:
+            # Apply everything so far here (real clock), then leave exactly one event
+            # unapplied. The fence is cluster-wide: a commit may be readable a moment later.
+            await wait_until_readable(store, await register(client, "Ada"), DEADLINE_SECONDS)
             await wait_caught_up(runtime, timeout=DEADLINE_SECONDS, drive=True)
+            last = await register(client, "Bob")
+            await backdate_last_event(postgres_url, BACKDATE)
+            await wait_until_readable(store, last, DEADLINE_SECONDS)
         finally:
             await runtime.close()
-        await register(client, "Bob")
-        await backdate_last_event(postgres_url, BACKDATE)
-
         response = await client.get("/health/projections")
     body = response.json()
     assert body["projections"], body
@@ -100,11 +105,11 @@ async def test_visible_latency_follows_the_database_clock_not_the_worker_clock(
     await supervisor.start(api)
     async with httpx.AsyncClient(base_url=api.url or "", timeout=DEADLINE_SECONDS) as client:
         for name in ("Ada", "Bob", "Cy"):
-            await register(client, name)
+            last = await register(client, name)
         deadline = time.monotonic() + DEADLINE_SECONDS
         while True:
             rows = (await client.get("/health/projections")).json()["projections"]
-            if all(row["lag_events"] == 0 for row in rows):
+            if all(LogPosition.parse(row["position"]) >= last for row in rows):
                 break
             assert time.monotonic() < deadline, rows
             await asyncio.sleep(0.05)
