@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     """Turns on API-key auth: JSON ``{"<key>": {"user_id", "roles"}}`` or ``key=user:role|...``."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    body_timeout: float = Field(default=20.0, gt=0, le=600)
+    """Longest a request body may take to arrive whole (slower: 408; keep under
+    ``request_timeout``, which would otherwise answer 503 first)."""
+    max_header_bytes: int = Field(default=65_536, ge=1024, le=16_777_216)
+    """Largest request line plus headers ``cqrskit serve`` reads (larger: 431)."""
+    header_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Longest ``cqrskit serve`` waits for a complete request head (slower: 408), and drains
+    the rest of a body it answered early before closing the connection."""
     request_timeout: float = Field(default=30.0, gt=0, le=600)
     """Longest an HTTP request may take before it is answered 503 with ``Retry-After``."""
     database_connect_timeout: float = Field(default=5.0, gt=0, le=300)

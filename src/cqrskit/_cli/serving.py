@@ -104,6 +104,7 @@ def serve(
             import uvicorn
 
             from cqrskit.http.app import create_app
+            from cqrskit.http.request_head import guarded_http
         except ImportError as exc:
             raise CliError(f"the HTTP layer is unavailable: {exc}") from None
         _configure_logging(level)
@@ -114,8 +115,11 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+        # uvicorn bounds neither the time nor the size of a request head: the guarded
+        # protocol does (408 / 431), so slowloris clients cannot pile up.
+        http = guarded_http(max_bytes=settings.max_header_bytes, timeout=settings.header_timeout)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level=level, lifespan="on")
+            uvicorn.Config(app, host=host, port=port, log_level=level, lifespan="on", http=http)
         )
         server.run()
         if not server.started:

@@ -159,7 +159,9 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     app.include_router(admin_router, dependencies=[Depends(require_admin)])
     app.include_router(ui_router)  # the dashboard shell: no data, see http/ui.py
     # The last middleware added runs outermost: count every request, 413s included.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
+    )
     app.add_middleware(RequestDeadline, seconds=settings.request_timeout)
     app.add_middleware(HttpMetrics, metrics=metrics)
     return app
