@@ -28,9 +28,9 @@ def app_taking(seconds: float, *, stream: bool = False) -> RequestDeadline:
     return RequestDeadline(app, seconds=0.2)
 
 
-async def get(app: RequestDeadline) -> httpx.Response:
+async def get(app: RequestDeadline, timeout: float = BOUND) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=BOUND) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=timeout) as c:
         return await c.get("/slow")
 
 
@@ -50,3 +50,21 @@ async def test_a_request_within_its_deadline_is_untouched() -> None:
 async def test_a_started_response_is_left_to_finish() -> None:
     response = await get(app_taking(0.4, stream=True))
     assert (response.status_code, response.text) == (200, "done")
+
+
+async def test_a_request_slow_to_unwind_still_gets_its_503() -> None:
+    release = asyncio.Event()
+
+    async def stuck(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await release.wait()  # like a driver waiting on a dead socket
+            raise
+
+    try:
+        # The client's timeout bounds the wait: without the 503 it fails with ReadTimeout.
+        response = await get(RequestDeadline(stuck, seconds=0.2), timeout=3.0)
+    finally:
+        release.set()
+    assert response.status_code == 503

@@ -27,7 +27,15 @@ _log = logging.getLogger("cqrskit.http")
 
 
 class RequestDeadline:
-    """Answer 503 (``Retry-After``) to any HTTP request not answered within ``seconds``."""
+    """Answer 503 (``Retry-After``) to any HTTP request not answered within ``seconds``.
+
+    The request is handled in a task of its own, so the 503 goes out at the deadline even
+    when the cancelled handling is slow to unwind (a driver waiting on a dead socket): it
+    gets ``GRACE`` seconds to finish cleanly, then finishes in the background, and nothing
+    it sends any more reaches the client.
+    """
+
+    GRACE = 0.2
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app = app
@@ -37,33 +45,51 @@ class RequestDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-        deadline = asyncio.timeout(self.seconds)
+        started = asyncio.Event()
+        expired = False
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
+        async def guarded_send(message: Message) -> None:
+            if expired:
+                return  # the client has its 503
             if message["type"] == "http.response.start":
-                started = True
-                deadline.reschedule(None)
+                started.set()
             await send(message)
 
+        handling = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        answering = asyncio.ensure_future(started.wait())
         try:
-            async with deadline:
-                await self.app(scope, receive, tracking_send)
-        except TimeoutError:
-            if started or not deadline.expired():
-                raise
-            _log.warning(
-                "%s %s: no answer within %s s; answered 503",
-                scope.get("method"),
-                scope.get("path"),
-                self.seconds,
+            await asyncio.wait(
+                {handling, answering}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED
             )
-            response = problem(
-                503,
-                "the request did not finish in time; retry later (a command may have been"
-                " applied: retry it with the same Idempotency-Key)",
-                kind="timeout",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            await response(scope, receive, send)
+            if handling.done() or started.is_set():
+                await handling  # its outcome, exceptions included
+                return
+        except BaseException:
+            handling.cancel()
+            raise
+        finally:
+            answering.cancel()
+        expired = True
+        handling.cancel()
+        await asyncio.wait({handling}, timeout=self.GRACE)
+        handling.add_done_callback(_collect)
+        _log.warning(
+            "%s %s: no answer within %s s; answered 503",
+            scope.get("method"),
+            scope.get("path"),
+            self.seconds,
+        )
+        response = problem(
+            503,
+            "the request did not finish in time; retry later (a command may have been"
+            " applied: retry it with the same Idempotency-Key)",
+            kind="timeout",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+        await response(scope, receive, send)
+
+
+def _collect(task: asyncio.Future[None]) -> None:
+    # A cancelled handling usually ends in CancelledError; anything else is only logged.
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("request cancelled at its deadline ended with %r", task.exception())
