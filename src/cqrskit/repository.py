@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from cqrskit.aggregate import Aggregate
-from cqrskit.errors import NotFound
+from cqrskit.errors import ConcurrencyError, NotFound
 from cqrskit.messages import Command, EventMetadata
 from cqrskit.snapshots import Snapshotter
 from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
@@ -120,6 +121,7 @@ class Repository:
         self._snapshots = snapshots
         self._tracked: dict[str, Aggregate] = {}
         self._cached_reads: dict[str, int] = {}
+        self._if_exists: dict[str, Callable[[], Exception]] = {}
 
     async def get(self, cls: type[A], aggregate_id: str) -> A | None:
         """Load an aggregate, or return ``None`` when its stream has no events."""
@@ -173,9 +175,20 @@ class Repository:
             raise NotFound(cls.category, aggregate_id)
         return aggregate
 
-    def add(self, aggregate: Aggregate) -> None:
-        """Track a newly created aggregate; saving it requires that its stream is new."""
+    def add(
+        self, aggregate: Aggregate, *, if_exists: Callable[[], Exception] | None = None
+    ) -> None:
+        """Track a newly created aggregate; saving it requires that its stream is new.
+
+        ``if_exists`` builds the error :meth:`save` raises when the append finds the stream
+        already there, in place of the :class:`~cqrskit.errors.ConcurrencyError` (which
+        ``retry_on_conflict`` would retry in vain). The append's new-stream check runs
+        inside its transaction anyway, so a create handler needs no read of its own to
+        learn that the id is taken.
+        """
         self._tracked[aggregate.stream_id] = aggregate
+        if if_exists is not None:
+            self._if_exists[aggregate.stream_id] = if_exists
 
     async def evict_stale(self) -> bool:
         """Check the aggregates served from the cache against the store; evict those that moved.
@@ -234,11 +247,15 @@ class Repository:
             appends.append(StreamAppend(aggregate.stream_id, aggregate.loaded_version, events))
         try:
             result = await self._store.append(*appends)
-        except BaseException:
+        except BaseException as exc:
             # A conflict means some cached state is stale; any other failure leaves the
             # outcome unknown. Either way the next load must come from the store.
             if self._cache is not None:
                 self._cache.evict(*self._tracked)
+            if isinstance(exc, ConcurrencyError):
+                taken = self._if_exists.get(exc.stream_id)
+                if taken is not None:
+                    raise taken() from exc
             raise
         loaded = [(aggregate, aggregate.loaded_version) for aggregate in changed]
         for aggregate in changed:

@@ -65,24 +65,34 @@ async def _reserve(
         product.reserve(order_id, wanted[product_id], at=command.timestamp)
 
 
+def _order_exists() -> AlreadyExists:
+    return AlreadyExists("order already exists")
+
+
 async def create_order(command: CreateOrder, repo: Repository) -> None:
+    # The order id is not read up front: the append's new-stream check finds a taken id
+    # (``if_exists``), which saves two round trips (snapshot lookup, stream read) per order.
     order_id = str(command.order_id)
     await repo.load(Customer, str(command.customer_id))
-    if await repo.get(Order, order_id) is not None:
-        raise AlreadyExists("order already exists")
     wanted: Counter[UUID] = Counter()
     for line in command.items:
         wanted[line.product_id] += line.quantity
-    await _reserve(repo, order_id, wanted, command)
-    repo.add(
-        Order.create(
+    try:
+        await _reserve(repo, order_id, wanted, command)
+        order = Order.create(
             order_id,
             str(command.customer_id),
             list(command.items),
             command.shipping_address,
             at=command.timestamp,
         )
-    )
+    except Exception:
+        # A taken id is reported before any later rejection, as when it was checked first;
+        # only this error path pays the read.
+        if await repo.get(Order, order_id) is not None:
+            raise _order_exists() from None
+        raise
+    repo.add(order, if_exists=_order_exists)
 
 
 async def add_order_item(command: AddOrderItem, repo: Repository) -> None:
