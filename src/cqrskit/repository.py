@@ -249,8 +249,10 @@ class Repository:
             result = await self._store.append(*appends)
         except BaseException as exc:
             # A conflict means some cached state is stale; any other failure leaves the
-            # outcome unknown. Either way the next load must come from the store.
-            if self._cache is not None:
+            # outcome unknown. Either way the next load must come from the store, unless
+            # the conflict is explained by this process: a save here already moved the
+            # conflicting stream's cache entry past the version this unit loaded.
+            if self._cache is not None and not self._overtaken_here(exc):
                 self._cache.evict(*self._tracked)
             if isinstance(exc, ConcurrencyError):
                 taken = self._if_exists.get(exc.stream_id)
@@ -265,3 +267,19 @@ class Repository:
         if self._snapshots is not None:
             await self._snapshots.after_save(loaded, result.events)
         return result
+
+    def _overtaken_here(self, exc: BaseException) -> bool:
+        """Whether a conflict came from a save in this process that the cache already holds.
+
+        Commands racing in one process for the same stream (hot products) conflict all the
+        time, and the winner's save leaves its new state in the cache. Evicting then would
+        throw that state away, and with it the loser's other streams, which nothing showed
+        to be stale: the retry would read them all from the store again. Keeping them is
+        safe: the retry's append checks every version once more, and a stream another
+        process moved conflicts then, at the cached version, and is evicted like any other.
+        """
+        if not isinstance(exc, ConcurrencyError) or self._cache is None:
+            return False
+        aggregate = self._tracked.get(exc.stream_id)
+        cached = self._cache.version(exc.stream_id)
+        return aggregate is not None and cached is not None and cached > aggregate.loaded_version
