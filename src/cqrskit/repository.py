@@ -11,10 +11,18 @@ round trip. The cache can be stale (another process appended to a stream), and t
 matters for what is stored: every loaded version is checked again inside the atomic append,
 so a decision on stale state ends in :class:`~cqrskit.errors.ConcurrencyError`, the cached
 entries are evicted, and the retry decides on what the store holds.
+
+Within one process the cache also keeps racing commands from deciding on a state that is
+about to change: a load of a stream that a save of this process is appending to waits
+(bounded) until that append has ended, then reads the state it left in the cache. Without
+that, commands on hot streams (products in many orders) conflict whenever one decides while
+another's append is in flight, and each conflict costs a failed append and a retry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +38,8 @@ from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
 __all__ = ["AggregateCache", "Repository", "event_id_for"]
 
 A = TypeVar("A", bound=Aggregate)
+# How long a load waits for this process's append to the same stream before reading anyway.
+_SETTLE_TIMEOUT = 1.0
 
 
 def event_id_for(command_id: UUID, stream_id: str, version: int) -> UUID:
@@ -60,6 +70,8 @@ class AggregateCache:
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[str, Aggregate] = OrderedDict()
+        # Stream id -> (appends in flight, set when the last of them ends).
+        self._appending: dict[str, tuple[int, asyncio.Event]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -101,6 +113,32 @@ class AggregateCache:
         """Forget everything."""
         self._entries.clear()
 
+    def appending(self, stream_ids: list[str]) -> None:
+        """Note that a save of this process is appending to ``stream_ids``."""
+        for stream_id in stream_ids:
+            count, ended = self._appending.get(stream_id) or (0, asyncio.Event())
+            self._appending[stream_id] = (count + 1, ended)
+
+    def appended(self, stream_ids: list[str]) -> None:
+        """Note that an append announced with :meth:`appending` ended (stored or not)."""
+        for stream_id in stream_ids:
+            count, ended = self._appending.pop(stream_id)
+            if count > 1:
+                self._appending[stream_id] = (count - 1, ended)
+            else:
+                ended.set()
+
+    async def settled(self, stream_id: str, timeout: float = _SETTLE_TIMEOUT) -> None:
+        """Wait until no append of this process to ``stream_id`` is in flight (bounded).
+
+        Appends never wait for loads, so this cannot deadlock; after ``timeout`` the caller
+        reads whatever there is, and the append's version check still guards the decision.
+        """
+        entry = self._appending.get(stream_id)
+        if entry is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry[1].wait(), timeout)
+
 
 class Repository:
     """Unit of work over an :class:`~cqrskit.store.protocol.EventStore`, optionally cached.
@@ -133,6 +171,7 @@ class Repository:
             return tracked
         cache = self._cache
         if cache is not None:
+            await cache.settled(stream_id)
             cached = cache.get(cls, stream_id)
             if cached is not None:
                 self._tracked[stream_id] = cached
@@ -245,8 +284,28 @@ class Repository:
             else:
                 events = [e.model_copy(update={"metadata": metadata}) for e in pending]
             appends.append(StreamAppend(aggregate.stream_id, aggregate.loaded_version, events))
+        cache = self._cache
+        written = [aggregate.stream_id for aggregate in changed]
+        if cache is not None:
+            cache.appending(written)
         try:
-            result = await self._store.append(*appends)
+            result = await self._append(appends)
+            loaded = [(aggregate, aggregate.loaded_version) for aggregate in changed]
+            for aggregate in changed:
+                aggregate.mark_saved()
+                if cache is not None:
+                    cache.put(aggregate)
+        finally:
+            # After the puts: loads that waited for this append find its state cached.
+            if cache is not None:
+                cache.appended(written)
+        if self._snapshots is not None:
+            await self._snapshots.after_save(loaded, result.events)
+        return result
+
+    async def _append(self, appends: list[StreamAppend]) -> AppendResult:
+        try:
+            return await self._store.append(*appends)
         except BaseException as exc:
             # A conflict means some cached state is stale; any other failure leaves the
             # outcome unknown. Either way the next load must come from the store, unless
@@ -259,14 +318,6 @@ class Repository:
                 if taken is not None:
                     raise taken() from exc
             raise
-        loaded = [(aggregate, aggregate.loaded_version) for aggregate in changed]
-        for aggregate in changed:
-            aggregate.mark_saved()
-            if self._cache is not None:
-                self._cache.put(aggregate)
-        if self._snapshots is not None:
-            await self._snapshots.after_save(loaded, result.events)
-        return result
 
     def _overtaken_here(self, exc: BaseException) -> bool:
         """Whether a conflict came from a save in this process that the cache already holds.
