@@ -199,6 +199,8 @@ class Readers:
         self.client = client
         self.answers: collections.Counter[str] = collections.Counter()
         self.problems: list[str] = []
+        self.terminal_checked = 0
+        """Consistent reads of an order the load saw shipped or cancelled (state compared)."""
 
     async def loop(self, number: int, stop: asyncio.Event) -> None:
         """One reader: a query, a short pause (pacing: a steady load, not a benchmark)."""
@@ -263,6 +265,7 @@ class Readers:
             self.problems.append(f"GET {path} ({state}): {status} {response.text[:200]}")
         elif state == "consistent" and acknowledged in ("shipped", "cancelled"):
             seen = response.json().get("status")
+            self.terminal_checked += 1
             if seen != acknowledged:
                 self.problems.append(f"GET {path}: consistent read says {seen}, not {acknowledged}")
 
@@ -418,6 +421,7 @@ async def visible(runtime: Runtime, load: OrdersLoad) -> None:
 # --- the soak -------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(SECONDS * 1.5 + 300)  # the suite's 300 s is for tests of a set length
 async def test_soak_mixed_load_with_random_faults(
     cluster: PgCluster, links: tuple[FaultProxy, FaultProxy], tmp_path: Path
 ) -> None:
@@ -516,6 +520,7 @@ async def test_soak_mixed_load_with_random_faults(
         unknown_absent=result.unknown_absent,
         queries_consistent=sum(n for k, n in readers.answers.items() if k.endswith("consistent")),
         queries_stale=sum(n for k, n in readers.answers.items() if k.endswith("stale")),
+        queries_terminal_state_checked=readers.terminal_checked,
         events=result.events,
         lost=len(result.lost),
         leaked=len(result.leaked),
