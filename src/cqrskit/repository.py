@@ -252,7 +252,9 @@ class Repository:
         Aggregates that were only read are appended with no events at the version they were
         loaded at, so the store verifies they have not moved either. Raises
         :class:`~cqrskit.errors.ConcurrencyError` when any tracked stream moved since it was
-        loaded; then nothing is stored and the tracked streams leave the cache. Returns
+        loaded; then nothing is stored and the tracked streams leave the cache, unless a save
+        in this process already cached the conflicting stream at the version the store found
+        (or later). Returns
         ``None`` (and checks nothing) when no aggregate has pending events.
         """
         tracked = list(self._tracked.values())
@@ -328,9 +330,16 @@ class Repository:
         to be stale: the retry would read them all from the store again. Keeping them is
         safe: the retry's append checks every version once more, and a stream another
         process moved conflicts then, at the cached version, and is evicted like any other.
+
+        When the store reports the version it found, the cache must hold at least that one:
+        a cache entry newer than what this unit loaded but older than the store (another
+        process appended after this process's save) is stale, and keeping it would spend
+        the retry on a second conflict.
         """
         if not isinstance(exc, ConcurrencyError) or self._cache is None:
             return False
         aggregate = self._tracked.get(exc.stream_id)
         cached = self._cache.version(exc.stream_id)
-        return aggregate is not None and cached is not None and cached > aggregate.loaded_version
+        if aggregate is None or cached is None or cached <= aggregate.loaded_version:
+            return False
+        return exc.current_version is None or cached >= exc.current_version

@@ -7,6 +7,8 @@ handler decides on the store's current state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import uuid4
@@ -15,7 +17,7 @@ import pytest
 
 from cqrskit.aggregate import Aggregate, applies
 from cqrskit.command_bus import CommandBus
-from cqrskit.errors import ConcurrencyError, NotFound, RuleViolation
+from cqrskit.errors import ConcurrencyError, NotFound, OperationalError, RuleViolation
 from cqrskit.idempotency import CommandRecord
 from cqrskit.messages import LOG_START, Command, DomainEvent
 from cqrskit.middleware import retry_on_conflict
@@ -431,3 +433,281 @@ async def test_same_commands_store_the_same_events_with_and_without_cache() -> N
         histories.append((outcomes, [r.event for r in log[1:]]))
     assert histories[0] == histories[1]
     assert histories[0][0].count("over") > 0
+
+
+# Repository.add(if_exists): a taken stream is reported as the caller's error, not retried.
+
+
+class Taken(RuleViolation):
+    pass
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+async def test_add_with_if_exists_raises_its_error_when_the_stream_is_taken(cached: bool) -> None:
+    store = CountingStore()
+    await add_first(store, "t", 1)
+    repo = Repository(store, AggregateCache(8) if cached else None)
+    tally = Tally("t")
+    tally.add(2)
+    repo.add(tally, if_exists=lambda: Taken("tally t is taken"))
+    with pytest.raises(Taken) as raised:
+        await repo.save()
+    assert isinstance(raised.value.__cause__, ConcurrencyError)
+    assert raised.value.__cause__.stream_id == "cachetally-t"
+    assert amounts(await store.read_stream("cachetally-t")) == [1]
+
+
+async def test_if_exists_leaves_a_conflict_on_another_stream_a_conflict() -> None:
+    store = CountingStore()
+    await set_limit(store, "l", 100)
+    cache = AggregateCache(8)
+    await Repository(store, cache).load(Limit, "l")
+    repo = Repository(store, cache)
+    await repo.load(Limit, "l")  # from the cache, about to be stale
+    await set_limit(store, "l", 5)  # another process
+    tally = Tally("new")
+    tally.add(1)
+    repo.add(tally, if_exists=lambda: Taken("tally new is taken"))
+    with pytest.raises(ConcurrencyError) as raised:
+        await repo.save()
+    assert raised.value.stream_id == "cachelimit-l"  # retried by retry_on_conflict, not Taken
+    assert await store.read_stream("cachetally-new") == []
+
+
+# A conflict with a save of this process keeps the cache; one with another process does not.
+
+
+async def warm_tally_and_limit(store: CountingStore) -> AggregateCache:
+    await set_limit(store, "l", 100)
+    await add_first(store, "t", 1)
+    cache = AggregateCache(8)
+    warm = Repository(store, cache)
+    await warm.load(Limit, "l")
+    await warm.load(Tally, "t")
+    return cache
+
+
+async def test_conflict_with_a_save_of_this_process_keeps_the_cache() -> None:
+    store = CountingStore()
+    cache = await warm_tally_and_limit(store)
+    loser, winner = Repository(store, cache), Repository(store, cache)
+    for repo, amount in ((loser, 3), (winner, 2)):
+        await repo.load(Limit, "l")
+        tally = await repo.load(Tally, "t")
+        tally.add(amount)
+    await winner.save()
+    with pytest.raises(ConcurrencyError):
+        await loser.save()
+    assert (cache.version("cachetally-t"), cache.version("cachelimit-l")) == (2, 1)
+    reads = len(store.stream_reads)
+    retry = Repository(store, cache)
+    await retry.load(Limit, "l")
+    tally = await retry.load(Tally, "t")
+    assert (tally.total, tally.version) == (3, 2)
+    tally.add(3)
+    await retry.save()
+    assert len(store.stream_reads) == reads  # the retry read nothing from the store
+    assert amounts(await store.read_stream("cachetally-t")) == [1, 2, 3]
+
+
+async def test_conflict_past_a_save_of_this_process_evicts_the_stale_entry() -> None:
+    # This process's save put t@2 in the cache, then another process moved t to 3: the cache
+    # is newer than what the loser loaded (1) but behind the store, so it must go.
+    store = CountingStore()
+    cache = await warm_tally_and_limit(store)
+    loser, winner = Repository(store, cache), Repository(store, cache)
+    for repo, amount in ((loser, 3), (winner, 2)):
+        await repo.load(Limit, "l")
+        tally = await repo.load(Tally, "t")
+        tally.add(amount)
+    await winner.save()
+    await add_directly(store, "t", 100)  # another process
+    with pytest.raises(ConcurrencyError):
+        await loser.save()
+    assert (cache.version("cachetally-t"), cache.version("cachelimit-l")) == (None, None)
+    fresh = await Repository(store, cache).load(Tally, "t")
+    assert (fresh.history, fresh.version) == ([1, 2, 100], 3)
+
+
+class Bump(Command):
+    tally_id: str
+    amount: int
+
+
+async def test_one_retry_after_a_conflict_past_a_save_of_this_process_decides_afresh() -> None:
+    store = CountingStore()
+    await add_first(store, "t", 1)
+    bus = CommandBus(store, [retry_on_conflict(2)], aggregate_cache_size=64)
+    paused, resume = asyncio.Event(), asyncio.Event()
+
+    @bus.handles(Bump)
+    async def bump(command: Bump, repo: Repository) -> None:
+        tally = await repo.load(Tally, command.tally_id)
+        if not paused.is_set():  # the first attempt of the first command decides on t@1
+            paused.set()
+            await resume.wait()
+        tally.add(command.amount)
+
+    first = asyncio.create_task(bus.dispatch(Bump(tally_id="t", amount=3)))
+    await paused.wait()
+    await bus.dispatch(Bump(tally_id="t", amount=2))  # this process: t@2, cached
+    await add_directly(store, "t", 100)  # another process: t@3
+    resume.set()
+    result = await first  # attempt 1 conflicts; attempt 2 must not decide on t@2 again
+    assert [r.event.version for r in result.events] == [4]
+    assert amounts(await store.read_stream("cachetally-t")) == [1, 2, 100, 3]
+
+
+# A load waits for this process's append to the same stream.
+
+
+class Held:
+    """One append held in the store: ``entered`` once it is in; it goes on at ``release``."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail = fail
+
+
+class GatedStore(CountingStore):
+    """The counting store; appends the test asked to hold wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._holds: list[Held] = []
+
+    def hold(self, fail: BaseException | None = None) -> Held:
+        """Hold the next append until ``release``; then raise ``fail`` instead, if given."""
+        held = Held(fail)
+        self._holds.append(held)
+        return held
+
+    async def append(
+        self, *streams: StreamAppend, command: CommandRecord | None = None
+    ) -> AppendResult:
+        if self._holds:
+            held = self._holds.pop(0)
+            held.entered.set()
+            await held.release.wait()
+            if held.fail is not None:
+                raise held.fail
+        return await super().append(*streams, command=command)
+
+
+async def waits_for_an_append(cache: AggregateCache, stream_id: str) -> bool:
+    """Whether a load of ``stream_id`` would now wait for an append of this process.
+
+    ``settled`` returns without suspending when nothing is in flight; bounded at an hour, it
+    is still pending after one turn of the loop only when it waits for an append to end.
+    """
+    waiter = asyncio.create_task(cache.settled(stream_id, timeout=3600))
+    await asyncio.sleep(0)  # one turn of the loop, not a wait for time to pass
+    if waiter.done():
+        await waiter
+        return False
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    return True
+
+
+async def add_to_t(store: GatedStore, cache: AggregateCache, amount: int) -> Repository:
+    """A unit of work that loaded tally ``t`` and added ``amount`` to it."""
+    repo = Repository(store, cache)
+    tally = await repo.load(Tally, "t")
+    tally.add(amount)
+    return repo
+
+
+async def hold_save(
+    store: GatedStore, repo: Repository, fail: BaseException | None = None
+) -> tuple[asyncio.Task[AppendResult | None], Held]:
+    """Start saving ``repo``; return once its append is held in the store."""
+    held = store.hold(fail)
+    saving = asyncio.create_task(repo.save())
+    await held.entered.wait()
+    return saving, held
+
+
+def start_load(store: GatedStore, cache: AggregateCache) -> asyncio.Task[Tally]:
+    return asyncio.create_task(Repository(store, cache).load(Tally, "t"))
+
+
+async def gated_and_warm() -> tuple[GatedStore, AggregateCache]:
+    store = GatedStore()
+    await set_limit(store, "l", 100)
+    await add_first(store, "t", 1)
+    cache = AggregateCache(8)
+    await Repository(store, cache).load(Tally, "t")
+    await Repository(store, cache).load(Limit, "l")
+    return store, cache
+
+
+async def test_a_load_waits_for_this_process_append_and_reads_what_it_left() -> None:
+    store, cache = await gated_and_warm()
+    saving, held = await hold_save(store, await add_to_t(store, cache, 2))
+    loading = start_load(store, cache)
+    await asyncio.sleep(0)  # one turn: a load that did not wait would be done now
+    assert not loading.done()
+    assert await waits_for_an_append(cache, "cachetally-t")
+    assert not await waits_for_an_append(cache, "cachelimit-l")  # other streams do not wait
+    reads = len(store.stream_reads)
+    held.release.set()
+    await saving
+    tally = await loading
+    assert (tally.history, tally.version) == ([1, 2], 2)
+    assert len(store.stream_reads) == reads  # from the state the append left in the cache
+    assert not await waits_for_an_append(cache, "cachetally-t")
+
+
+async def test_a_load_waits_until_every_append_to_the_stream_has_ended() -> None:
+    store, cache = await gated_and_warm()
+    first_repo, second_repo = await add_to_t(store, cache, 2), await add_to_t(store, cache, 3)
+    first, first_held = await hold_save(store, first_repo)
+    second, second_held = await hold_save(store, second_repo)  # also decided on t@1
+    loading = start_load(store, cache)
+    first_held.release.set()
+    await first
+    assert not loading.done()
+    assert await waits_for_an_append(cache, "cachetally-t")
+    second_held.release.set()
+    with pytest.raises(ConcurrencyError):
+        await second
+    tally = await loading
+    assert (tally.history, tally.version) == ([1, 2], 2)
+    assert not await waits_for_an_append(cache, "cachetally-t")
+
+
+@pytest.mark.parametrize("ending", ["conflict", "error", "cancelled"])
+async def test_an_append_that_fails_or_is_cancelled_releases_its_waiters(ending: str) -> None:
+    store, cache = await gated_and_warm()
+    fail = OperationalError("connection lost") if ending == "error" else None
+    saving, held = await hold_save(store, await add_to_t(store, cache, 2), fail)
+    loading = start_load(store, cache)
+    await asyncio.sleep(0)
+    assert not loading.done()
+    if ending == "conflict":
+        await add_directly(store, "t", 5)  # another process, while the append is in flight
+    if ending == "cancelled":
+        saving.cancel()
+    else:
+        held.release.set()
+    with pytest.raises((ConcurrencyError, OperationalError, asyncio.CancelledError)):
+        await saving
+    tally = await loading
+    expected = [1, 5] if ending == "conflict" else [1]
+    assert tally.history == expected  # nothing cached of the failed append: read from the store
+    assert not await waits_for_an_append(cache, "cachetally-t")
+    assert cache.version("cachetally-t") == len(expected)
+
+
+async def test_the_wait_for_an_append_is_bounded() -> None:
+    store, cache = await gated_and_warm()
+    saving, held = await hold_save(store, await add_to_t(store, cache, 2))
+    # Returns (no TimeoutError) while the append is held; the outer bound only stops a hang.
+    await asyncio.wait_for(cache.settled("cachetally-t", timeout=0.01), timeout=60)
+    assert await waits_for_an_append(cache, "cachetally-t")
+    held.release.set()
+    await saving
+    assert not await waits_for_an_append(cache, "cachetally-t")
