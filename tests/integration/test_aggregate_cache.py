@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +21,13 @@ from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus, CommandResult
 from cqrskit.errors import ConcurrencyError, CqrskitError
 from cqrskit.messages import LOG_START, Command
-from cqrskit.middleware import retry_on_conflict
+from cqrskit.middleware import Next, retry_on_conflict
 from cqrskit.repository import Repository
 from cqrskit.store.memory import MemoryEventStore
 from cqrskit.store.protocol import StreamAppend
 from cqrskit.testing.contracts import wait_until_readable
 from orders.customer import CustomerRegistered, RegisterCustomer
-from orders.handlers import register_command_handlers
+from orders.handlers import AlreadyExists, register_command_handlers
 from orders.order import AddOrderItem, CancelOrder, CreateOrder, ShipOrder
 from orders.product import AddProduct, InsufficientStock, Product, RestockProduct, StockReserved
 from orders.values import Address, OrderLine
@@ -37,6 +38,7 @@ from tests.integration.test_stock_concurrency import (
     order,
     seed,
 )
+from tests.unit.test_repository_cache import waits_for_an_append
 
 ADDRESS = Address(street="1 Main St", city="Springfield", postal_code="12345", country="US")
 
@@ -227,3 +229,129 @@ def test_cache_on_and_off_store_identical_histories(commands: list[Command]) -> 
     off = asyncio.run(_history(commands, 0))
     on = asyncio.run(_history(commands, 3))  # small: entries get dropped and reloaded too
     assert on == off
+
+
+# CreateOrder finds a taken id in the append itself.
+
+
+def counted_bus(backend: Backend, size: int = 256) -> tuple[CommandBus, list[Command]]:
+    """A cached bus behind retry_on_conflict, with the attempts that reached the handler."""
+    attempts: list[Command] = []
+
+    async def count(command: Command, call_next: Next) -> object:
+        attempts.append(command)
+        return await call_next(command)
+
+    bus = CommandBus(backend.store, [retry_on_conflict(ATTEMPTS), count], aggregate_cache_size=size)
+    register_command_handlers(bus)
+    return bus, attempts
+
+
+async def test_taken_order_id_is_already_exists_and_reserves_nothing(database_url: str) -> None:
+    here = await open_backend(database_url)
+    elsewhere = await open_backend(database_url, migrate=False)
+    try:
+        bus, attempts = counted_bus(here)
+        other, other_attempts = counted_bus(elsewhere)
+        customer_id, product_id = await seed(bus)
+        first = order_of(customer_id, product_id, 1)
+        await bus.dispatch(first)
+        product_stream = f"product-{product_id}"
+        before = await here.store.read_stream(product_stream)
+        for dispatcher, counted, quantity in [
+            (bus, attempts, 1),  # this process: its cache holds the order and the product
+            (other, other_attempts, 1),  # another process, cold cache
+            (bus, attempts, STOCK),  # more than is left: the taken id is still what is said
+            (other, other_attempts, STOCK),
+        ]:
+            counted.clear()
+            retry = order_of(customer_id, product_id, quantity)
+            retry = retry.model_copy(update={"order_id": first.order_id})
+            with pytest.raises(AlreadyExists):
+                await dispatcher.dispatch(retry)
+            assert len(counted) == 1  # a taken id is not a conflict to retry
+        assert await here.store.read_stream(product_stream) == before  # nothing reserved
+        assert len(await here.store.read_stream(f"order-{first.order_id}")) == 1
+    finally:
+        await elsewhere.close()
+        await here.close()
+
+
+async def test_racing_creates_of_one_order_id_store_one_order(database_url: str) -> None:
+    here = await open_backend(database_url)
+    elsewhere = await open_backend(database_url, migrate=False)
+    try:
+        buses = [cached_bus(here), cached_bus(elsewhere)]
+        customer_id, product_id = await seed(buses[0])
+        order_id = uuid4()
+        commands = [
+            order_of(customer_id, product_id, 1).model_copy(update={"order_id": order_id})
+            for _ in range(8)
+        ]
+        outcomes = await asyncio.gather(
+            *(buses[n % 2].dispatch(c) for n, c in enumerate(commands)),
+            return_exceptions=True,
+        )
+        stored = [o for o in outcomes if isinstance(o, CommandResult)]
+        assert len(stored) == 1, outcomes
+        assert all(isinstance(o, AlreadyExists) for o in outcomes if o not in stored), outcomes
+        events = await here.store.read_stream(f"product-{product_id}")
+        assert [e.order_id for e in events if isinstance(e, StockReserved)] == [str(order_id)]
+        assert len(await here.store.read_stream(f"order-{order_id}")) == 1
+    finally:
+        await elsewhere.close()
+        await here.close()
+
+
+# The cache after conflicts on a real store.
+
+
+async def test_conflict_past_a_save_of_this_process_evicts_the_stale_product(
+    database_url: str,
+) -> None:
+    """The store reports the version it found, so a cache entry behind it is not kept."""
+    here = await open_backend(database_url)
+    elsewhere = await open_backend(database_url, migrate=False)
+    try:
+        bus = cached_bus(here)
+        customer_id, product_id = await seed(bus)
+        assert bus.cache is not None
+        assert await warm(bus, here, product_id) == STOCK
+        loser, winner = Repository(here.store, bus.cache), Repository(here.store, bus.cache)
+        for repo, order_id in ((loser, "loser"), (winner, "winner")):
+            product = await repo.load(Product, str(product_id))
+            product.reserve(order_id, 1, at=_AT)
+        await winner.save()  # this process: product@2 in the cache
+        await cached_bus(elsewhere, size=0).dispatch(order_of(customer_id, product_id, 1))
+        with pytest.raises(ConcurrencyError) as raised:
+            await loser.save()
+        assert raised.value.stream_id == f"product-{product_id}"
+        assert bus.cache.version(f"product-{product_id}") is None
+        assert await warm(bus, here, product_id) == STOCK - 2
+    finally:
+        await elsewhere.close()
+        await here.close()
+
+
+async def test_cache_matches_the_store_after_racing_orders_in_one_process(
+    database_url: str,
+) -> None:
+    """Racing saves keep their state cached across local conflicts, and none stays in flight."""
+    backend = await open_backend(database_url)
+    try:
+        bus = cached_bus(backend)
+        assert bus.cache is not None
+        customer_id, product_id = await seed(bus)
+        assert await warm(bus, backend, product_id) == STOCK
+        commands = [order(customer_id, product_id) for _ in range(3 * STOCK)]
+        outcomes = await asyncio.gather(*map(bus.dispatch, commands), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(e, InsufficientStock) for e in errors), errors
+        assert len(errors) == 2 * STOCK
+        stream_id = f"product-{product_id}"
+        assert not await waits_for_an_append(bus.cache, stream_id)
+        cached = bus.cache.version(stream_id)
+        assert cached in (None, await backend.store.stream_version(stream_id))
+        assert await warm(bus, backend, product_id) == 0
+    finally:
+        await backend.close()

@@ -10,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from cqrskit.errors import InvalidState, NotFound, RuleViolation
-from cqrskit.messages import DomainEvent
+from cqrskit.messages import Command, DomainEvent
+from cqrskit.middleware import Next, retry_on_conflict
+from cqrskit.repository import AggregateCache
 from cqrskit.testing import CommandHarness, assert_events, given
 from orders.customer import CustomerRegistered, RegisterCustomer
 from orders.handlers import AlreadyExists, register_command_handlers
@@ -379,3 +381,62 @@ async def test_events_carry_command_metadata(shop: CommandHarness) -> None:
     assert {e.metadata.causation_id for e in events} == {command.command_id}
     registered = (await shop.stream(f"customer-{CUSTOMER}"))[0]
     assert isinstance(registered, CustomerRegistered)
+
+
+# A taken order id: found by the append's new-stream check, still reported before the stock.
+
+
+@pytest.fixture(params=[False, True], ids=["uncached", "cached"])
+async def retrying_shop(request: pytest.FixtureRequest) -> tuple[CommandHarness, list[Command]]:
+    """The shop behind retry_on_conflict, with the attempts that reached the handler."""
+    attempts: list[Command] = []
+
+    async def count(command: Command, call_next: Next) -> object:
+        attempts.append(command)
+        return await call_next(command)
+
+    harness = CommandHarness(register_command_handlers, [retry_on_conflict(5), count])
+    if request.param:
+        harness.bus.cache = AggregateCache(64)
+    await harness.given(
+        RegisterCustomer(customer_id=UUID(CUSTOMER), name="Ada", email="ada@example.com"),
+        AddProduct(product_id=PRODUCT, name="Widget", unit_price=Decimal("9.99"), stock=5),
+        create(line(1)),
+    )
+    attempts.clear()
+    return harness, attempts
+
+
+@pytest.mark.parametrize(
+    "items",
+    [[line(1)], [line(5)], [line(1, product=uuid4())]],
+    ids=["stock-left", "too-little-stock", "unknown-product"],
+)
+async def test_taken_order_id_is_already_exists_before_any_other_rejection(
+    retrying_shop: tuple[CommandHarness, list[Command]], items: list[OrderLine]
+) -> None:
+    shop, attempts = retrying_shop
+    before = await shop.log()
+    with pytest.raises(AlreadyExists):
+        await shop.dispatch(create(*items))
+    assert await shop.log() == before  # no stock reserved, nothing else stored
+    assert len(attempts) == 1  # not a conflict retry_on_conflict runs again
+
+
+async def test_create_order_reads_no_order_stream_unless_it_is_rejected(
+    shop: CommandHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[str] = []
+    read_stream = shop.store.read_stream
+
+    async def counting(stream_id: str, *, after_version: int = 0) -> list[DomainEvent]:
+        read.append(stream_id)
+        return await read_stream(stream_id, after_version=after_version)
+
+    monkeypatch.setattr(shop.store, "read_stream", counting)
+    await shop.dispatch(create(line(1)))
+    assert f"order-{ORDER}" not in read
+    other = str(uuid4())
+    with pytest.raises(InsufficientStock):
+        await shop.dispatch(create(line(9), order_id=other))
+    assert read.count(f"order-{other}") == 1  # the error path asks whether the id is taken
