@@ -55,15 +55,6 @@ MODES: dict[str, CrashMode] = {
 
 
 @pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster.create()
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
-
-
-@pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     with Supervisor(tmp_path) as supervisor:
         yield supervisor

@@ -40,7 +40,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -382,15 +382,6 @@ async def run_schedule(
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster.create()
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
 
 
 @pytest.fixture
