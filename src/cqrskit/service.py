@@ -3,8 +3,9 @@
 An application describes itself once as a :class:`Service` (its projections, its handler
 registration, its HTTP routers, optional demo data). :class:`Runtime` opens the backend named
 by the settings, builds the buses and one :class:`~cqrskit.projections.runner.ProjectionRunner`
-per projection, and runs them. Each runner's post-commit hook feeds the
-:class:`~cqrskit.consistency.CheckpointWatch` that consistent queries wait on and, with
+per projection, and runs them; the runners share their log reads
+(:class:`~cqrskit.projections.shared_reader.SharedLogReader`). Each runner's post-commit hook
+feeds the :class:`~cqrskit.consistency.CheckpointWatch` that consistent queries wait on and, with
 ``CQRSKIT_REDIS_URL``, the :class:`~cqrskit.read_models.cache.RedisQueryCache`.
 ``cqrskit serve``, ``cqrskit worker`` and the other CLI commands all start from a runtime.
 """
@@ -29,6 +30,7 @@ from cqrskit.projections.projection import Projection
 from cqrskit.projections.rebuild import follow
 from cqrskit.projections.rebuild_jobs import RebuildJobs
 from cqrskit.projections.runner import ProjectionRunner
+from cqrskit.projections.shared_reader import SharedLogReader
 from cqrskit.projections.status import LagMonitor, ProjectionLag, lag_thresholds, projection_lag
 from cqrskit.query_bus import QueryBus
 from cqrskit.read_models.cache import RedisQueryCache
@@ -73,6 +75,8 @@ class Runtime:
     """Publishes integration events to NATS JetStream (when ``settings.nats_url`` is set)."""
     rebuilds: RebuildJobs = field(default_factory=RebuildJobs)
     """Blue/green rebuilds started on request in this process (the admin API)."""
+    log_reader: SharedLogReader | None = None
+    """The log reads the runners share (each page is queried and decoded once)."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -115,6 +119,7 @@ class Runtime:
         )
         cache, cached = _query_cache(settings, query_bus, {p.name for p in projections})
         runners = {}
+        reader = SharedLogReader(backend.store)
         for p in projections:
             # The cache invalidates first: a woken waiter must not find an old cached answer.
             listeners: list[CommitListener] = [cache] if cache and p.name in cached else []
@@ -127,8 +132,10 @@ class Runtime:
                 listeners=[*listeners, watch],
                 max_retries=settings.projection_max_retries,
                 on_failure=settings.projection_on_failure,
+                reader=reader,
             )
         runtime = cls(service, settings, backend, command_bus, query_bus, runners, watch, cache)
+        runtime.log_reader = reader
         if settings.nats_url:
             runtime.publisher = _nats_publisher(settings.nats_url, settings, backend)
         if settings.migrate:
@@ -196,6 +203,8 @@ class Runtime:
         await self.checkpoints.close()
         if self.query_cache is not None:
             await self.query_cache.close()
+        if self.log_reader is not None:
+            await self.log_reader.close()
         await self.backend.close()
 
 

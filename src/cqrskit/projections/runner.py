@@ -31,6 +31,7 @@ from cqrskit.projections.deadletters import (
 from cqrskit.projections.generations import live_tables
 from cqrskit.projections.listeners import CommitListener
 from cqrskit.projections.projection import Projection
+from cqrskit.projections.shared_reader import LogView, SharedLogReader
 from cqrskit.projections.status import Meter
 from cqrskit.read_models.protocol import ReadModelStore, Statement
 from cqrskit.store.protocol import EventStore
@@ -132,8 +133,11 @@ class ProjectionRunner:
         rng: random.Random | None = None,
         checkpoint_name: str | None = None,
         generation: int | None = None,
+        reader: SharedLogReader | None = None,
     ) -> None:
         self.store = store
+        # Runners of one process share their log reads (each event is decoded once).
+        self._log: LogView | None = reader.view() if reader is not None else None
         self.read_models = read_models
         self.projection = projection
         self.batch_size = batch_size
@@ -194,10 +198,22 @@ class ProjectionRunner:
 
     async def step(self, checkpoint: LogPosition, limit: int | None = None) -> LogPosition:
         """Apply the page after ``checkpoint``; return the new checkpoint (same when empty)."""
-        page = await self.store.read_all(after=checkpoint, limit=limit or self.batch_size)
+        self._fresh()
+        page = await self._read(checkpoint, limit or self.batch_size)
         if not page:
             return checkpoint
         return await self._apply_page(checkpoint, page)
+
+    def _fresh(self) -> None:
+        # The next reads must see what is readable now: a shared read must not answer with a
+        # query that started before (its page could be short of what woke this runner).
+        if self._log is not None:
+            self._log.mark()
+
+    async def _read(self, after: LogPosition, limit: int) -> list[RecordedEvent]:
+        if self._log is not None:
+            return await self._log.read_all(after=after, limit=limit)
+        return await self.store.read_all(after=after, limit=limit)
 
     async def _apply_page(self, checkpoint: LogPosition, page: list[RecordedEvent]) -> LogPosition:
         try:
@@ -328,18 +344,19 @@ class ProjectionRunner:
         itself holds the visibility fence back), so an empty one is repeated after the commit.
         """
         limit = limit or self.batch_size
+        self._fresh()
         await self._resolve_generation()
         checkpoint = await self.read_models.checkpoint(self.checkpoint_name)
         self.status.checkpoint = checkpoint
         if checkpoint != self._parked_at:
             self._parked = await self.read_models.parked_streams(self.checkpoint_name)
             self._parked_at = checkpoint
-        page = await self.store.read_all(after=checkpoint, limit=limit)
+        page = await self._read(checkpoint, limit)
         while page:
             ahead = None
             if len(page) >= limit:
                 after = page[-1].position
-                ahead = asyncio.ensure_future(self.store.read_all(after=after, limit=limit))
+                ahead = asyncio.ensure_future(self._read(after, limit))
             try:
                 checkpoint = await self._apply_page(checkpoint, page)
             except BaseException as exc:
@@ -361,7 +378,8 @@ class ProjectionRunner:
                 break
             page = await ahead
             if not page:
-                page = await self.store.read_all(after=checkpoint, limit=limit)
+                self._fresh()
+                page = await self._read(checkpoint, limit)
         return checkpoint
 
     async def run(self, stop: asyncio.Event) -> None:
