@@ -15,7 +15,13 @@ from typing import Any
 from cqrskit._postgres import PostgresDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition
-from cqrskit.read_models.protocol import CheckpointRow, DeadLetter, Sql, Statement
+from cqrskit.read_models.protocol import (
+    CheckpointRow,
+    DeadLetter,
+    Sql,
+    Statement,
+    dead_letter_from_row,
+)
 
 __all__ = ["PostgresReadModelStore"]
 
@@ -156,23 +162,8 @@ class PostgresReadModelStore:
     async def dead_letters(
         self, projection: str | None = None, *, stream_id: str | None = None
     ) -> list[DeadLetter]:
-        return [
-            DeadLetter(
-                row["id"],
-                row["projection"],
-                LogPosition(row["transaction_id"], row["position"]),
-                row["stream_id"],
-                row["version"],
-                row["event_id"],
-                row["event_type"],
-                row["error"],
-                row["attempts"],
-                row["status"],
-                row["parked_at"],
-                row["resolved_at"],
-            )
-            for row in await self.db.fetch(_DEAD_ALL, projection, stream_id)
-        ]
+        rows = await self.db.fetch(_DEAD_ALL, projection, stream_id)
+        return [dead_letter_from_row(row) for row in rows]
 
     async def parked_streams(self, projection: str) -> frozenset[str]:
         return frozenset(row[0] for row in await self.db.fetch(_PARKED_STREAMS, projection))

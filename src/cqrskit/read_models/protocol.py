@@ -22,7 +22,7 @@ SQL is written once with PostgreSQL's ``$1`` placeholders; :func:`sql` derives S
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -34,6 +34,7 @@ __all__ = [
     "ReadModelStore",
     "Sql",
     "Statement",
+    "dead_letter_from_row",
     "sql",
 ]
 
@@ -87,6 +88,30 @@ class DeadLetter(NamedTuple):
     """``parked`` (waiting for a retry or a skip) or ``skipped`` (never applied, on purpose)."""
     parked_at: datetime | None
     resolved_at: datetime | None
+
+
+def dead_letter_from_row(
+    row: Any, moment: Callable[[Any], datetime | None] = lambda value: value
+) -> DeadLetter:
+    """A ``projection_dead_letters`` row (asyncpg record or ``sqlite3.Row``) as a DeadLetter.
+
+    ``moment`` turns the stored ``parked_at`` / ``resolved_at`` into datetimes (SQLite keeps
+    ISO text; PostgreSQL returns them as they are).
+    """
+    return DeadLetter(
+        row["id"],
+        row["projection"],
+        LogPosition(row["transaction_id"], row["position"]),
+        row["stream_id"],
+        row["version"],
+        row["event_id"],
+        row["event_type"],
+        row["error"],
+        row["attempts"],
+        row["status"],
+        moment(row["parked_at"]),
+        moment(row["resolved_at"]),
+    )
 
 
 class ReadModelStore(Protocol):

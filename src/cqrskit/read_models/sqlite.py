@@ -11,7 +11,13 @@ from typing import Any
 from cqrskit._sqlite import SQLiteDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition, utc_now
-from cqrskit.read_models.protocol import CheckpointRow, DeadLetter, Sql, Statement
+from cqrskit.read_models.protocol import (
+    CheckpointRow,
+    DeadLetter,
+    Sql,
+    Statement,
+    dead_letter_from_row,
+)
 
 __all__ = ["SQLiteReadModelStore"]
 
@@ -163,23 +169,7 @@ class SQLiteReadModelStore:
         rows = await self.db.read(
             lambda conn: conn.execute(_DEAD_ALL, (projection, stream_id)).fetchall()
         )
-        return [
-            DeadLetter(
-                row["id"],
-                row["projection"],
-                LogPosition(row["transaction_id"], row["position"]),
-                row["stream_id"],
-                row["version"],
-                row["event_id"],
-                row["event_type"],
-                row["error"],
-                row["attempts"],
-                row["status"],
-                _moment(row["parked_at"]),
-                _moment(row["resolved_at"]),
-            )
-            for row in rows
-        ]
+        return [dead_letter_from_row(row, _moment) for row in rows]
 
     async def parked_streams(self, projection: str) -> frozenset[str]:
         rows = await self.db.read(
