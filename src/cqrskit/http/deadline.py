@@ -45,23 +45,23 @@ class RequestDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = asyncio.Event()
+        # Done once the response has started: from then on the handler finishes it.
+        answering: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         expired = False
 
         async def guarded_send(message: Message) -> None:
             if expired:
                 return  # the client has its 503
-            if message["type"] == "http.response.start":
-                started.set()
+            if message["type"] == "http.response.start" and not answering.done():
+                answering.set_result(None)
             await send(message)
 
         handling = asyncio.ensure_future(self.app(scope, receive, guarded_send))
-        answering = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait(
                 {handling, answering}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED
             )
-            if handling.done() or started.is_set():
+            if handling.done() or answering.done():
                 await handling  # its outcome, exceptions included
                 return
         except BaseException:
