@@ -51,6 +51,11 @@ _log = logging.getLogger("cqrskit.postgres")
 ANNOUNCE = f"BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANNEL}; COMMIT"
 """Sent after appends commit, never inside one (PostgreSQL serializes notifying commits,
 WAL flush included). Only a hint, so it does not wait for its own flush."""
+# The listening connection is ours alone, so it keeps ``synchronous_commit = off`` for the
+# session and announces with one statement: a quarter of ANNOUNCE's statements for the
+# server to run after every append of a sequential writer.
+_SESSION_ASYNC_COMMIT = "SET synchronous_commit = off"
+_NOTIFY = f"NOTIFY {CHANNEL}"
 
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
@@ -209,6 +214,7 @@ class Listener:
     async def _connect(self) -> bool:
         try:
             conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
+            await conn.execute(_SESSION_ASYNC_COMMIT)
             await conn.add_listener(CHANNEL, self._on_message)
         except _DRIVER_ERRORS as exc:
             _log.debug("listener cannot connect: %s", translate(exc))
@@ -233,7 +239,7 @@ class Listener:
         if conn is None:
             return False
         try:
-            await conn.execute(ANNOUNCE)
+            await conn.execute(_NOTIFY)
         except _DRIVER_ERRORS as exc:
             _log.debug("announcement not sent: %s", translate(exc))
             return False

@@ -39,7 +39,13 @@ from cqrskit.errors import (
     NoHandlerFoundError,
     PreconditionFailed,
 )
-from cqrskit.idempotency import CommandRecord, Idempotency, StoredCommand, current_idempotency
+from cqrskit.idempotency import (
+    CommandRecord,
+    Idempotency,
+    StoredCommand,
+    current_idempotency,
+    same_command,
+)
 from cqrskit.messages import Command, DomainEvent, LogPosition, RecordedEvent
 from cqrskit.middleware import Middleware, Next, chain
 from cqrskit.repository import AggregateCache, Repository
@@ -169,13 +175,16 @@ class CommandBus:
                     with contextlib.suppress(Exception):
                         exc.current_version = await self._store.stream_version(exc.stream_id)
                 raise
-        return self._replay(stored, record, options)
+        return self._replay(stored, record, options, command)
 
     def _replay(
-        self, stored: StoredCommand, record: CommandRecord, options: Idempotency
+        self, stored: StoredCommand, record: CommandRecord, options: Idempotency, command: Command
     ) -> CommandResult:
         first = stored.record
-        if first.request_hash != record.request_hash or first.command_type != record.command_type:
+        if first.command_type != record.command_type or (
+            first.request_hash != record.request_hash
+            and (options.request_hash is not None or not _repeats(first, command))
+        ):
             raise IdempotencyKeyReused("this idempotency key was used for another request")
         command_type = next(t for t in self._handlers if t.__name__ == first.command_type)
         options.command = command_type.model_validate_json(first.command)
@@ -263,6 +272,16 @@ class _RecordingStore:
 
     async def close(self) -> None:
         return None
+
+
+def _repeats(first: CommandRecord, command: Command) -> bool:
+    # Command hashes differ: the same payload may still be recorded under an earlier
+    # release's hash, or with a dict's keys in another order (see same_command).
+    try:
+        earlier = type(command).model_validate_json(first.command)
+    except ValueError:  # pydantic's ValidationError: a record of another shape
+        return False
+    return same_command(first, earlier, command)
 
 
 async def _moved(repository: Repository) -> bool:

@@ -39,10 +39,12 @@ __all__ = [
     "DuplicateCommand",
     "Idempotency",
     "StoredCommand",
+    "canonical_command_hash",
     "command_hash",
     "current_idempotency",
     "idempotent",
     "request_hash",
+    "same_command",
 ]
 
 ANONYMOUS = "anonymous"
@@ -51,6 +53,7 @@ MAX_KEY_LENGTH = 200
 
 # Fields that differ between two sends of the same request: never part of its hash.
 _VOLATILE = frozenset({"command_id", "timestamp", "correlation_id", "user_id"})
+_EXCLUDE: set[str] = set(_VOLATILE)  # never mutated: pydantic's serializer takes a set
 
 
 class CommandRecord(NamedTuple):
@@ -90,10 +93,43 @@ def _canonical(value: Any) -> str:
 
 
 def command_hash(command: Command) -> str:
-    """Hash a command's type and payload, without its id, timestamp and caller fields."""
+    """Hash a command's type and payload, without its id, timestamp and caller fields.
+
+    The payload is the command's own JSON (pydantic's serializer, fields in declaration
+    order), not a re-encoded canonical form: every dispatch pays for this hash. Two
+    payloads that differ only in a dict's key order hash differently here; the bus then
+    compares them with :func:`canonical_command_hash` before refusing the key.
+    """
+    payload = command.__pydantic_serializer__.to_json(command, exclude=_EXCLUDE)
+    return hashlib.sha256(b"%s\n%s" % (type(command).__name__.encode(), payload)).hexdigest()
+
+
+def canonical_command_hash(command: Command) -> str:
+    """Hash a command's canonical JSON (sorted keys, ASCII), as earlier releases recorded it.
+
+    Records stored by those releases carry this hash; the bus uses it on the rare path where
+    a recorded key's hash differs from the retry's, so such records still replay.
+    """
     payload = command.model_dump(mode="json", exclude=set(_VOLATILE))
     text = _canonical({"type": type(command).__name__, "payload": payload})
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def same_command(recorded: CommandRecord, earlier: Command, command: Command) -> bool:
+    """Whether ``command`` repeats ``earlier``, the command stored in ``recorded``.
+
+    For records whose hash is not ``command``'s :func:`command_hash`: true when the record's
+    hash is the canonical one of ``command`` (stored by an earlier release), or when it is
+    ``earlier``'s command hash and the two commands' canonical hashes agree (payloads equal
+    but for key order). A hash from elsewhere (an HTTP request hash) never matches.
+    """
+    canonical = canonical_command_hash(command)
+    if recorded.request_hash == canonical:
+        return True
+    return (
+        recorded.request_hash == command_hash(earlier)
+        and canonical_command_hash(earlier) == canonical
+    )
 
 
 def request_hash(method: str, path: str, query: str, body: bytes, *extra: str) -> str:

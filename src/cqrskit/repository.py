@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import NAMESPACE_URL, UUID
 
 from cqrskit.aggregate import Aggregate
 from cqrskit.errors import ConcurrencyError, NotFound
@@ -38,13 +39,25 @@ from cqrskit.store.protocol import AppendResult, EventStore, StreamAppend
 __all__ = ["AggregateCache", "Repository", "event_id_for"]
 
 A = TypeVar("A", bound=Aggregate)
+_sha1 = hashlib.sha1
+_NAMESPACE = NAMESPACE_URL.bytes
+# RFC 4122 version 5, variant 10 (what uuid.UUID(bytes=..., version=5) sets).
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID5_SET = (5 << 76) | (0x8000 << 48)
 # How long a load waits for this process's append to the same stream before reading anyway.
 _SETTLE_TIMEOUT = 1.0
 
 
-def event_id_for(command_id: UUID, stream_id: str, version: int) -> UUID:
-    """Return the deterministic id of the event a command writes at ``stream_id@version``."""
-    return uuid5(NAMESPACE_URL, f"cqrskit:{command_id}:{stream_id}:{version}")
+def event_id_for(command_id: UUID | str, stream_id: str, version: int) -> UUID:
+    """Return the deterministic id of the event a command writes at ``stream_id@version``.
+
+    ``uuid5(NAMESPACE_URL, "cqrskit:<command_id>:<stream_id>:<version>")``, computed without
+    ``uuid5``'s intermediate ``UUID``: the same ids as ever, at about half the cost on every
+    saved event.
+    """
+    name = f"cqrskit:{command_id}:{stream_id}:{version}".encode()
+    digest = int.from_bytes(_sha1(_NAMESPACE + name).digest()[:16])
+    return UUID(int=(digest & _UUID5_CLEAR) | _UUID5_SET)
 
 
 class AggregateCache:
@@ -270,10 +283,10 @@ class Repository:
         else:
             metadata = EventMetadata()
         appends = []
+        command_id = "" if command is None else str(command.command_id)
         for aggregate in tracked:
             pending = aggregate.pending_events
             if command is not None:
-                command_id = command.command_id
                 events = [
                     e.model_copy(
                         update={

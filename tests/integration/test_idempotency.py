@@ -17,7 +17,13 @@ import pytest
 from cqrskit.backend import Backend, open_backend
 from cqrskit.command_bus import CommandBus, CommandResult
 from cqrskit.errors import CommandInProgress, IdempotencyKeyReused, OperationalError
-from cqrskit.idempotency import CommandRecord, StoredCommand, idempotent
+from cqrskit.idempotency import (
+    CommandRecord,
+    StoredCommand,
+    canonical_command_hash,
+    command_hash,
+    idempotent,
+)
 from cqrskit.messages import LOG_START
 from cqrskit.middleware import retry_on_conflict
 from cqrskit.store.protocol import AppendResult, StreamAppend
@@ -132,6 +138,30 @@ async def test_retry_with_a_key_replays_the_first_command(
         idempotent("http:abc", request_hash="another request"),
     ):
         await bus.dispatch(retry)
+
+
+async def test_record_hashed_by_an_earlier_release_still_replays(
+    backends: tuple[Backend, Backend],
+) -> None:
+    # Earlier releases recorded the canonical hash (sorted-key JSON); this one hashes the
+    # command's own JSON. A retry of a command recorded before the upgrade must replay.
+    backend, _ = backends
+    bus = make_bus(backend)
+    create, _ = await seed(bus)
+    legacy = canonical_command_hash(create)
+    assert legacy != command_hash(create)
+    with idempotent(request_hash=legacy):
+        first = await bus.dispatch(create)
+    stored = await backend.store.find_command("anonymous", str(create.command_id))
+    assert stored is not None
+    assert stored.record.request_hash == legacy
+    with idempotent() as outcome:
+        again = await bus.dispatch(create)
+    assert outcome.replayed
+    assert again == first
+    other = create.model_copy(update={"order_id": uuid4()})
+    with pytest.raises(IdempotencyKeyReused):
+        await bus.dispatch(other)
 
 
 async def test_concurrent_duplicates_store_one_set_of_events(

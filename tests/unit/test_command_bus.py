@@ -205,3 +205,14 @@ async def test_middleware_can_refuse_before_the_handler_runs() -> None:
     with pytest.raises(PermissionError):
         await bus.dispatch(Add(counters=["a"]))
     assert await store.head() == LOG_START
+
+
+def test_event_ids_are_the_uuid5_of_command_stream_and_version() -> None:
+    # Stored events carry these ids: they must never change from release to release.
+    from uuid import NAMESPACE_URL, UUID, uuid5
+
+    command_id = UUID("8c4d3e1a-1b2c-4d5e-8f90-123456789abc")
+    for stream_id, version in [("counter-a", 1), ("order-é", 42), ("x:y", 7)]:
+        expected = uuid5(NAMESPACE_URL, f"cqrskit:{command_id}:{stream_id}:{version}")
+        assert event_id_for(command_id, stream_id, version) == expected
+        assert event_id_for(str(command_id), stream_id, version) == expected

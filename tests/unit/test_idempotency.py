@@ -18,6 +18,7 @@ from cqrskit.http.idempotency import parse_if_match
 from cqrskit.idempotency import (
     CommandRecord,
     StoredCommand,
+    canonical_command_hash,
     command_hash,
     idempotent,
     request_hash,
@@ -226,10 +227,53 @@ async def test_stale_expected_version_fails_without_retry() -> None:
     assert len(await store.read_stream(stream)) == 2
 
 
+class Tag(Command):
+    """A command with a mapping in its payload."""
+
+    labels: dict[str, int]
+
+
+async def test_retry_with_reordered_mapping_keys_replays() -> None:
+    # The command hash follows the JSON's key order; the bus compares the canonical form
+    # before refusing the key, so a retry built with another dict order is the same command.
+    store = MemoryEventStore()
+    bus, _ = make_bus(store)
+    seen: list[Tag] = []
+
+    async def tag(command: Tag, repository: Repository) -> None:
+        seen.append(command)
+
+    bus.register(Tag, tag)
+    first = Tag(labels={"a": 1, "b": 2})
+    retry = Tag(command_id=first.command_id, labels={"b": 2, "a": 1})
+    assert command_hash(first) != command_hash(retry)
+    assert canonical_command_hash(first) == canonical_command_hash(retry)
+    await bus.dispatch(first)
+    with idempotent() as outcome:
+        await bus.dispatch(retry)
+    assert outcome.replayed
+    with pytest.raises(IdempotencyKeyReused):
+        await bus.dispatch(Tag(command_id=first.command_id, labels={"a": 1, "b": 3}))
+
+
+async def test_caller_hash_is_never_matched_by_payload() -> None:
+    # A record under a caller's request hash (HTTP) only replays for that hash, even when a
+    # dispatch without one sends the same payload.
+    store = MemoryEventStore()
+    bus, _ = make_bus(store)
+    ping = Ping(note="x")
+    with idempotent(request_hash="http request"):
+        await bus.dispatch(ping)
+    with pytest.raises(IdempotencyKeyReused):
+        await bus.dispatch(ping)
+
+
 def test_hashes_ignore_volatile_fields_and_key_order() -> None:
     ping = Ping(note="a")
     assert command_hash(ping) == command_hash(Ping(note="a", user_id="u"))
     assert command_hash(ping) != command_hash(Ping(note="b"))
+    assert canonical_command_hash(ping) == canonical_command_hash(Ping(note="a", user_id="u"))
+    assert canonical_command_hash(ping) != canonical_command_hash(Ping(note="b"))
     a = request_hash("POST", "/x", "", b'{"a": 1, "b": [1, 2]}')
     assert a == request_hash("post", "/x", "", b'{"b":[1,2],"a":1}')
     assert a != request_hash("POST", "/x", "", b'{"a": 2, "b": [1, 2]}')

@@ -379,7 +379,7 @@ class PostgresEventStore:
             self._wake()
         if result.events:
             self._own_tx = max(self._own_tx, result.position.transaction_id)
-            self.announce()
+            self._announce_later()  # local readers were woken just above
         return result
 
     async def append_on(
@@ -390,17 +390,13 @@ class PostgresEventStore:
         It must be the transaction's first write (versions are read before the xid exists).
         The caller commits, then calls :meth:`announce` to wake readers at once.
         """
+        if len(streams) == 1 and len(streams[0].events) == 1:
+            return await self._append_one(conn, streams[0], command)
         arrays = _Arrays.build(streams)
         with translating():
             try:
-                if len(arrays.events) == 1 and len(streams) == 1:
-                    if command is None:
-                        rows = await conn.fetch(_APPEND_ONE, *arrays.single())
-                    else:
-                        rows = await conn.fetch(_APPEND_ONE_RECORDED, *arrays.single(), *command)
-                else:
-                    record = (None,) * 5 if command is None else tuple(command)
-                    rows = await conn.fetch(_APPEND, *arrays.params(), *record)
+                record = (None,) * 5 if command is None else tuple(command)
+                rows = await conn.fetch(_APPEND, *arrays.params(), *record)
             except asyncpg.UniqueViolationError as exc:
                 if command is not None and exc.constraint_name == "commands_pkey":
                     raise DuplicateCommand(command.scope, command.key) from None
@@ -417,15 +413,58 @@ class PostgresEventStore:
         recorded = []
         for stream_id, event in arrays.events:
             row = placed[event.event_id]
-            event = event.model_copy(update={"stream_id": stream_id, "version": row["version"]})
             position = LogPosition(row["transaction_id"], row["position"])
-            recorded.append(RecordedEvent(position, event, row["recorded_at"]))
+            recorded.append(
+                RecordedEvent(position, _placed(event, stream_id, row), row["recorded_at"])
+            )
         recorded.sort(key=lambda r: r.position)
         return AppendResult(recorded)
+
+    async def _append_one(
+        self, conn: Any, stream: StreamAppend, command: CommandRecord | None
+    ) -> AppendResult:
+        # The common append, one event to one stream: scalar parameters straight from the
+        # event, no column arrays to build (bench scenarios 1-3).
+        stream_id, expected, (event,) = stream
+        if event.event_id == NIL_UUID:
+            event = event.model_copy(update={"event_id": uuid4()})
+        s = serialize(event)
+        params = (
+            stream_id,
+            expected,
+            s.event_id,
+            s.event_type,
+            s.schema_version,
+            s.data,
+            s.metadata,
+            s.occurred_at,
+        )
+        with translating():
+            try:
+                if command is None:
+                    rows = await conn.fetch(_APPEND_ONE, *params)
+                else:
+                    rows = await conn.fetch(_APPEND_ONE_RECORDED, *params, *command)
+            except asyncpg.UniqueViolationError as exc:
+                if command is not None and exc.constraint_name == "commands_pkey":
+                    raise DuplicateCommand(command.scope, command.key) from None
+                raise _conflict(exc, (stream,)) from None
+            except asyncpg.DeadlockDetectedError:
+                raise ConcurrencyError(stream_id, expected) from None
+        row = rows[0]
+        if row["position"] is None:
+            raise ConcurrencyError(row["stream_id"], row["expected"], row["version"])
+        position = LogPosition(row["transaction_id"], row["position"])
+        return AppendResult(
+            [RecordedEvent(position, _placed(event, stream_id, row), row["recorded_at"])]
+        )
 
     def announce(self) -> None:
         """Wake local readers now and other processes' listeners shortly (coalesced)."""
         self._wake()
+        self._announce_later()
+
+    def _announce_later(self) -> None:
         self._announce.set()
         if not self._closed and (self._announcer is None or self._announcer.done()):
             self._announcer = asyncio.get_running_loop().create_task(self._send_announcements())
@@ -624,6 +663,14 @@ class PostgresEventStore:
         await self.db.close()
 
 
+def _placed(event: DomainEvent, stream_id: str, row: asyncpg.Record) -> DomainEvent:
+    # The repository has already numbered its events: copy only an event that was not.
+    version = row["version"]
+    if event.stream_id == stream_id and event.version == version:
+        return event
+    return event.model_copy(update={"stream_id": stream_id, "version": version})
+
+
 def _never(rows: list[asyncpg.Record]) -> bool:
     return False
 
@@ -677,21 +724,6 @@ class _Arrays:
 
     def params(self) -> tuple[list[Any], ...]:
         return (*self.streams, *self.columns)
-
-    def single(self) -> tuple[Any, ...]:
-        """:data:`_APPEND_ONE`'s parameters (one stream, one event)."""
-        ids, expected, _ = self.streams
-        _, event_id, event_type, schema_version, data, metadata, occurred_at, _ = self.columns
-        return (
-            ids[0],
-            expected[0],
-            event_id[0],
-            event_type[0],
-            schema_version[0],
-            data[0],
-            metadata[0],
-            occurred_at[0],
-        )
 
 
 class _VersionRace(ConcurrencyError):
