@@ -93,13 +93,13 @@ def test_every_table_is_prefixed_by_its_projection_and_emptied_by_truncate(
     created = {
         match
         for ddl in projection.schema
-        for text in ddl
+        for text in (ddl.postgres, ddl.sqlite)
         for match in re.findall(r"CREATE (?:VIRTUAL )?TABLE IF NOT EXISTS (\w+)", text)
     }
     emptied = {
         match
         for statement in projection.truncate
-        for text in statement
+        for text in (statement.postgres, statement.sqlite)
         for match in re.findall(r"DELETE FROM (\w+)|INSERT INTO (\w+)", text)
         for match in match
         if match

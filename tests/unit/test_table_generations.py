@@ -51,7 +51,7 @@ def test_every_orders_projection_declares_every_name_its_schema_creates(
     created = {
         name
         for statement in projection.schema
-        for text in statement
+        for text in (statement.postgres, statement.sqlite)
         for name in _CREATED.findall(text)
     }
     assert created

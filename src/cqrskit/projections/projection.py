@@ -66,9 +66,15 @@ def rename_sql(statement: Sql, names: tuple[str, ...], generation: int) -> Sql:
     """
     if generation <= 1 or not names:
         return statement
+    return _renamed(statement, names, generation)
+
+
+@lru_cache(maxsize=8192)
+def _renamed(statement: Sql, names: tuple[str, ...], generation: int) -> Sql:
     return Sql(
         _rename_text(statement.postgres, names, generation),
         _rename_text(statement.sqlite, names, generation),
+        statement.keys,
     )
 
 

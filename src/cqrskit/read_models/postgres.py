@@ -1,20 +1,22 @@
 """Read models and checkpoints in the same PostgreSQL database as the events.
 
 A batch is one short transaction: the fenced checkpoint move first (so a stale writer stops
-before writing anything), then the statements, consecutive identical texts sent as one
-``executemany``. Every transaction with an xid holds back the log's read fence, so nothing
-here waits for anything else while a transaction is open.
+before writing anything), then the statements, grouped by text into ``executemany`` runs as far
+as their declared keys allow (:mod:`cqrskit.read_models.batching`). Every transaction with an
+xid holds back the log's read fence, so nothing here waits for anything else while a
+transaction is open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from cqrskit._postgres import PostgresDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition
+from cqrskit.read_models.batching import plan
 from cqrskit.read_models.protocol import (
     CheckpointRow,
     DeadLetter,
@@ -92,9 +94,12 @@ _REWIND = (
 )
 
 
+_TEXT = attrgetter("sql.postgres")
+
+
 async def _run(conn: Any, statements: Sequence[Statement]) -> None:
-    for text, group in groupby(statements, key=lambda s: s.sql.postgres):
-        params = [s.params for s in group]
+    # Statements of one text go as one executemany, as far as their keys allow.
+    for text, params in plan(statements, _TEXT):
         if len(params) == 1:
             await conn.execute(text, *params[0])
         else:

@@ -42,19 +42,46 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 class Sql(NamedTuple):
-    """One SQL text per dialect."""
+    """One SQL text per dialect, and the keys of the rows a bound statement touches.
+
+    ``keys`` pairs a key space with the number of the parameter that names the row
+    (``(("order", 1),)``); see :mod:`cqrskit.read_models.batching` for what they promise.
+    """
 
     postgres: str
     sqlite: str
+    keys: tuple[tuple[str, int], ...] = ()
 
     def __call__(self, *params: Any) -> Statement:
         """Bind parameters, giving a :class:`Statement`."""
         return Statement(self, params)
 
 
-def sql(text: str, *, sqlite: str | None = None) -> Sql:
-    """Declare a SQL text with ``$n`` placeholders, valid on both dialects unless overridden."""
-    return Sql(text, sqlite if sqlite is not None else _PLACEHOLDER.sub(r"?\1", text))
+def sql(
+    text: str,
+    *,
+    sqlite: str | None = None,
+    keys: Mapping[str, int | tuple[int, ...]] | None = None,
+) -> Sql:
+    """Declare a SQL text with ``$n`` placeholders, valid on both dialects unless overridden.
+
+    ``keys`` (for projection statements) names the rows the statement reads or writes: for
+    each key space, the number of the parameter (or parameters) naming a row, e.g.
+    ``{"order": 1, "customer": 2}`` or ``{"account": (1, 2)}``. The projection promises that
+    two statements sharing no key (space and value) give the same result in either order,
+    which lets a batch run them grouped by text (:mod:`cqrskit.read_models.batching`). Leave
+    it out for a statement that reaches rows other than through its parameters.
+    """
+    declared = tuple(
+        (space, number)
+        for space, numbers in (keys or {}).items()
+        for number in ((numbers,) if isinstance(numbers, int) else numbers)
+    )
+    used = {int(n) for n in _PLACEHOLDER.findall(text)}
+    for space, number in declared:
+        if number not in used:
+            raise ValueError(f"key {space!r} names ${number}, a parameter the statement never uses")
+    return Sql(text, sqlite if sqlite is not None else _PLACEHOLDER.sub(r"?\1", text), declared)
 
 
 class Statement(NamedTuple):

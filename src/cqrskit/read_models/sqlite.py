@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from cqrskit._sqlite import SQLiteDatabase
 from cqrskit.errors import ProjectionError
 from cqrskit.messages import LOG_START, LogPosition, utc_now
+from cqrskit.read_models.batching import plan
 from cqrskit.read_models.protocol import (
     CheckpointRow,
     DeadLetter,
@@ -84,10 +85,12 @@ _REWIND = (
 )
 
 
+_TEXT = attrgetter("sql.sqlite")
+
+
 def _run(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    # Consecutive statements with the same text go to SQLite as one executemany.
-    for text, group in groupby(statements, key=lambda s: s.sql.sqlite):
-        params = [s.params for s in group]
+    # Statements of one text go to SQLite as one executemany, as far as their keys allow.
+    for text, params in plan(statements, _TEXT):
         if len(params) == 1:
             conn.execute(text, params[0])
         else:

@@ -51,20 +51,24 @@ _TRUNCATE = (
 
 PUT_CUSTOMER = sql(
     "INSERT INTO customer_orders_customers (customer_id, name) VALUES ($1, $2)"
-    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name"
+    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name",
+    keys={"customer": 1},
 )
 CREATE_ORDER = sql(
     "INSERT INTO customer_orders_orders (order_id, customer_id, customer_name, status,"
     " total_cents, item_count, created_at, updated_at) VALUES ($1, $2,"
     " COALESCE((SELECT name FROM customer_orders_customers WHERE customer_id = $2), ''),"
-    " $3, $4, $5, $6, $6) ON CONFLICT (order_id) DO NOTHING"
+    " $3, $4, $5, $6, $6) ON CONFLICT (order_id) DO NOTHING",
+    keys={"order": 1, "customer": 2},
 )
 ADD_TO_TOTAL = sql(
     "UPDATE customer_orders_orders SET total_cents = total_cents + $2,"
-    " item_count = item_count + 1, updated_at = $3 WHERE order_id = $1"
+    " item_count = item_count + 1, updated_at = $3 WHERE order_id = $1",
+    keys={"order": 1},
 )
 SET_STATUS = sql(
-    "UPDATE customer_orders_orders SET status = $2, updated_at = $3 WHERE order_id = $1"
+    "UPDATE customer_orders_orders SET status = $2, updated_at = $3 WHERE order_id = $1",
+    keys={"order": 1},
 )
 
 _COLUMNS = (

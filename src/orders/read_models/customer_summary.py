@@ -53,11 +53,13 @@ PUT_CUSTOMER = sql(
     "INSERT INTO customer_summary_customers (customer_id, name, email, total_orders,"
     " spent_cents, pending_orders, shipped_orders, cancelled_orders) VALUES"
     " ($1, $2, $3, 0, 0, 0, 0, 0)"
-    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, email = excluded.email"
+    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, email = excluded.email",
+    keys={"customer": 1},
 )
 CREATE_ORDER = sql(
     "INSERT INTO customer_summary_orders (order_id, customer_id, status, total_cents)"
-    " VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+    keys={"order": 1, "customer": 2},
 )
 COUNT_ORDER = sql(
     "UPDATE customer_summary_customers SET total_orders = total_orders + 1,"
@@ -66,32 +68,42 @@ COUNT_ORDER = sql(
     " THEN $3 ELSE first_order_at END,"
     " last_order_at = CASE WHEN last_order_at IS NULL OR last_order_at < $3"
     " THEN $3 ELSE last_order_at END"
-    " WHERE customer_id = $1"
+    " WHERE customer_id = $1",
+    keys={"customer": 1},
 )
+# The per-customer counters below are reached through the order's row, so those statements
+# carry only the order key: they add to counters (and take the min/max of dates), which gives
+# the same sums in any order, and the customer's row exists before them because CREATE_ORDER
+# shares the customer key with PUT_CUSTOMER and comes first in each order's key.
 ADD_SPENT = sql(
     "UPDATE customer_summary_customers SET spent_cents = spent_cents + $3"
     " WHERE customer_id = (SELECT customer_id FROM customer_summary_orders"
-    " WHERE order_id = $1 AND status = $2)"
+    " WHERE order_id = $1 AND status = $2)",
+    keys={"order": 1},
 )
 ADD_TO_TOTAL = sql(
     "UPDATE customer_summary_orders SET total_cents = total_cents + $3"
-    " WHERE order_id = $1 AND status = $2"
+    " WHERE order_id = $1 AND status = $2",
+    keys={"order": 1},
 )
 COUNT_SHIPPED = sql(
     "UPDATE customer_summary_customers SET pending_orders = pending_orders - 1,"
     " shipped_orders = shipped_orders + 1"
     " WHERE customer_id = (SELECT customer_id FROM customer_summary_orders"
-    " WHERE order_id = $1 AND status = $2)"
+    " WHERE order_id = $1 AND status = $2)",
+    keys={"order": 1},
 )
 COUNT_CANCELLED = sql(
     "UPDATE customer_summary_customers SET pending_orders = pending_orders - 1,"
     " cancelled_orders = cancelled_orders + 1, spent_cents = spent_cents"
     " - (SELECT total_cents FROM customer_summary_orders WHERE order_id = $1)"
     " WHERE customer_id = (SELECT customer_id FROM customer_summary_orders"
-    " WHERE order_id = $1 AND status = $2)"
+    " WHERE order_id = $1 AND status = $2)",
+    keys={"order": 1},
 )
 SET_STATUS = sql(
-    "UPDATE customer_summary_orders SET status = $3 WHERE order_id = $1 AND status = $2"
+    "UPDATE customer_summary_orders SET status = $3 WHERE order_id = $1 AND status = $2",
+    keys={"order": 1},
 )
 
 _GET = sql(

@@ -71,11 +71,13 @@ _TRUNCATE = (
 
 PUT_CUSTOMER = sql(
     "INSERT INTO order_detail_customers (customer_id, name, email) VALUES ($1, $2, $3)"
-    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, email = excluded.email"
+    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, email = excluded.email",
+    keys={"customer": 1},
 )
 PUT_PRODUCT = sql(
     "INSERT INTO order_detail_products (product_id, name) VALUES ($1, $2)"
-    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name"
+    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name",
+    keys={"product": 1},
 )
 CREATE_ORDER = sql(
     "INSERT INTO order_detail_orders (order_id, customer_id, customer_name, customer_email,"
@@ -83,30 +85,36 @@ CREATE_ORDER = sql(
     " updated_at, version) VALUES ($1, $2,"
     " COALESCE((SELECT name FROM order_detail_customers WHERE customer_id = $2), ''),"
     " COALESCE((SELECT email FROM order_detail_customers WHERE customer_id = $2), ''),"
-    " $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) ON CONFLICT (order_id) DO NOTHING"
+    " $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) ON CONFLICT (order_id) DO NOTHING",
+    keys={"order": 1, "customer": 2},
 )
 INSERT_LINE = sql(
     "INSERT INTO order_detail_items (order_id, line_no, product_id, product_name, quantity,"
     " unit_price_cents) VALUES ($1, $2, $3,"
     " COALESCE((SELECT name FROM order_detail_products WHERE product_id = $3), ''), $4, $5)"
-    " ON CONFLICT (order_id, line_no) DO NOTHING"
+    " ON CONFLICT (order_id, line_no) DO NOTHING",
+    keys={"order": 1, "product": 3},
 )
 APPEND_LINE = sql(
     "INSERT INTO order_detail_items (order_id, line_no, product_id, product_name, quantity,"
     " unit_price_cents) VALUES ($1,"
     " (SELECT COALESCE(MAX(line_no), 0) + 1 FROM order_detail_items WHERE order_id = $1), $2,"
-    " COALESCE((SELECT name FROM order_detail_products WHERE product_id = $2), ''), $3, $4)"
+    " COALESCE((SELECT name FROM order_detail_products WHERE product_id = $2), ''), $3, $4)",
+    keys={"order": 1, "product": 2},
 )
 ADD_TO_TOTAL = sql(
     "UPDATE order_detail_orders SET total_cents = total_cents + $2,"
-    " item_count = item_count + 1, updated_at = $3, version = $4 WHERE order_id = $1"
+    " item_count = item_count + 1, updated_at = $3, version = $4 WHERE order_id = $1",
+    keys={"order": 1},
 )
 SET_ADDRESS = sql(
     "UPDATE order_detail_orders SET street = $2, city = $3, postal_code = $4, country = $5,"
-    " updated_at = $6, version = $7 WHERE order_id = $1"
+    " updated_at = $6, version = $7 WHERE order_id = $1",
+    keys={"order": 1},
 )
 SET_STATUS = sql(
-    "UPDATE order_detail_orders SET status = $2, updated_at = $3, version = $4 WHERE order_id = $1"
+    "UPDATE order_detail_orders SET status = $2, updated_at = $3, version = $4 WHERE order_id = $1",
+    keys={"order": 1},
 )
 
 _GET = sql(

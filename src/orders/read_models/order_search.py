@@ -142,21 +142,25 @@ _TRUNCATE = (
 
 PUT_CUSTOMER = sql(
     "INSERT INTO order_search_customers (customer_id, name, terms) VALUES ($1, $2, $3)"
-    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, terms = excluded.terms"
+    " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, terms = excluded.terms",
+    keys={"customer": 1},
 )
 PUT_PRODUCT = sql(
     "INSERT INTO order_search_products (product_id, name) VALUES ($1, $2)"
-    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name"
+    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name",
+    keys={"product": 1},
 )
 INSERT_LINE = sql(
     "INSERT INTO order_search_lines (order_id, line_no, product_name)"
     " VALUES ($1, $2, COALESCE((SELECT name FROM order_search_products WHERE product_id = $3),"
-    " '')) ON CONFLICT (order_id, line_no) DO NOTHING"
+    " '')) ON CONFLICT (order_id, line_no) DO NOTHING",
+    keys={"order": 1, "product": 3},
 )
 APPEND_LINE = sql(
     "INSERT INTO order_search_lines (order_id, line_no, product_name) VALUES ($1,"
     " (SELECT COALESCE(MAX(line_no), 0) + 1 FROM order_search_lines WHERE order_id = $1),"
-    " COALESCE((SELECT name FROM order_search_products WHERE product_id = $2), ''))"
+    " COALESCE((SELECT name FROM order_search_products WHERE product_id = $2), ''))",
+    keys={"order": 1, "product": 2},
 )
 
 # The document: the customer's terms, then the product names in line order.
@@ -185,13 +189,20 @@ _ADD = (
     " item_count = item_count + 1, updated_at = {p}3,"
     " document = {terms} || ' ' || {names} WHERE order_id = {p}1"
 )
+# Keyed by the order alone although it reads the customer's terms through the order's row:
+# a customer registers once, before any of its orders (whose CREATE_ORDER shares the customer
+# key with PUT_CUSTOMER), so no customer statement can move across it.
 ADD_ITEM = sql(
     _ADD.format(p="$", terms=_TERMS.format("order_search_orders.customer_id"), names=_NAMES_PG),
     sqlite=_ADD.format(
         p="?", terms=_TERMS.format("order_search_orders.customer_id"), names=_NAMES_SQLITE
     ),
+    keys={"order": 1},
 )
-SET_STATUS = sql("UPDATE order_search_orders SET status = $2, updated_at = $3 WHERE order_id = $1")
+SET_STATUS = sql(
+    "UPDATE order_search_orders SET status = $2, updated_at = $3 WHERE order_id = $1",
+    keys={"order": 1},
+)
 
 _COLUMNS = (
     "order_id, customer_id, customer_name, status, total_cents, item_count, created_at, updated_at"

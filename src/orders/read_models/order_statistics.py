@@ -73,11 +73,13 @@ _TRUNCATE = (
 
 PUT_PRODUCT = sql(
     "INSERT INTO order_statistics_products (product_id, name) VALUES ($1, $2)"
-    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name"
+    " ON CONFLICT (product_id) DO UPDATE SET name = excluded.name",
+    keys={"product": 1},
 )
 CREATE_ORDER = sql(
     "INSERT INTO order_statistics_orders (order_id, customer_id, status, total_cents,"
-    " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING"
+    " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
+    keys={"order": 1},
 )
 # Order lines of one product add up; the order's customer, status and date come from its row.
 ADD_LINE = sql(
@@ -87,13 +89,21 @@ ADD_LINE = sql(
     " FROM order_statistics_orders WHERE order_id = $1"
     " ON CONFLICT (order_id, product_id) DO UPDATE SET"
     " quantity = order_statistics_lines.quantity + excluded.quantity,"
-    " revenue_cents = order_statistics_lines.revenue_cents + excluded.revenue_cents"
+    " revenue_cents = order_statistics_lines.revenue_cents + excluded.revenue_cents",
+    keys={"order": 1},
 )
 ADD_TO_TOTAL = sql(
-    "UPDATE order_statistics_orders SET total_cents = total_cents + $2 WHERE order_id = $1"
+    "UPDATE order_statistics_orders SET total_cents = total_cents + $2 WHERE order_id = $1",
+    keys={"order": 1},
 )
-SET_STATUS = sql("UPDATE order_statistics_orders SET status = $2 WHERE order_id = $1")
-SET_LINES_STATUS = sql("UPDATE order_statistics_lines SET status = $2 WHERE order_id = $1")
+SET_STATUS = sql(
+    "UPDATE order_statistics_orders SET status = $2 WHERE order_id = $1",
+    keys={"order": 1},
+)
+SET_LINES_STATUS = sql(
+    "UPDATE order_statistics_lines SET status = $2 WHERE order_id = $1",
+    keys={"order": 1},
+)
 
 # Only the filters a query names appear in its SQL, so each can use its index; the texts are
 # built once from these constants, for every combination of (customer, from, to).
