@@ -167,9 +167,12 @@ class StalledReadModels:
         *,
         expected: LogPosition,
         position: LogPosition,
+        durable: bool = True,
     ) -> None:
         await self.gate.wait()
-        await self.inner.commit(name, statements, expected=expected, position=position)
+        await self.inner.commit(
+            name, statements, expected=expected, position=position, durable=durable
+        )
 
     async def reset(self, name: str, statements: Sequence[Statement]) -> None:
         await self.inner.reset(name, statements)

@@ -107,6 +107,10 @@ class BlueGreenRebuild:
             on_failure="stop",
         )
         shadow.fence = live.fence  # a worker that lost its lease cannot build or switch either
+        # Nobody reads the shadow before the switch, whose commit is flushed (and with it,
+        # in WAL order, every shadow batch before it): a crash loses batches only together
+        # with their checkpoint, and the rebuild resumes from there.
+        shadow.durable = False
         await shadow.migrate()
         status = RebuildProgress(projection.version, target, await store.count_after(LOG_START))
         status.applied = status.total - await store.count_after(

@@ -152,6 +152,8 @@ class ProjectionRunner:
         self.generation = generation or 1
         self.fence: Statement | None = None
         """Run first in every batch's transaction (a lease's epoch check; see ``lease.py``)."""
+        self.durable = True
+        """Whether a batch's commit waits for its flush (not for a generation nobody reads)."""
         # Per projection (class attributes), unless the settings override them.
         retries = max_retries if max_retries is not None else getattr(projection, "max_retries", 3)
         policy = on_failure or getattr(projection, "on_failure", "stop")
@@ -234,7 +236,11 @@ class ProjectionRunner:
         position = page[-1].position
         try:
             await self.read_models.commit(
-                self.checkpoint_name, statements, expected=checkpoint, position=position
+                self.checkpoint_name,
+                statements,
+                expected=checkpoint,
+                position=position,
+                durable=self.durable,
             )
         except IntegrityError as exc:
             parked = await self.read_models.parked_streams(self.name)

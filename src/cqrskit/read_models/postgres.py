@@ -83,6 +83,8 @@ _MOVE = (
     "UPDATE projection_checkpoints SET transaction_id = $2, position = $3, updated_at = now()"
     " WHERE name = $1 AND transaction_id = $4 AND position = $5"
 )
+# A lost batch is lost with its checkpoint (same transaction; the WAL keeps commit order).
+_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 _START = (
     "INSERT INTO projection_checkpoints (name, transaction_id, position, updated_at)"
     " VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO NOTHING"
@@ -150,8 +152,11 @@ class PostgresReadModelStore:
         *,
         expected: LogPosition,
         position: LogPosition,
+        durable: bool = True,
     ) -> None:
         async with self.db.transaction() as conn:
+            if not durable:
+                await conn.execute(_ASYNC_COMMIT)
             moved = _rows_changed(await conn.execute(_MOVE, name, *position, *expected))
             if not moved and expected == LOG_START:
                 moved = _rows_changed(await conn.execute(_START, name, *position))

@@ -173,11 +173,15 @@ class ReadModelStore(Protocol):
         *,
         expected: LogPosition,
         position: LogPosition,
+        durable: bool = True,
     ) -> None:
         """Apply ``statements`` and move the checkpoint ``expected -> position`` atomically.
 
         Raises :class:`~cqrskit.errors.ProjectionError` (and writes nothing) when the stored
-        checkpoint is not ``expected``.
+        checkpoint is not ``expected``. ``durable=False`` lets the store return before the
+        commit is flushed (PostgreSQL ``synchronous_commit = off``): a database crash may then
+        lose the batch, but only together with its checkpoint, never one without the other.
+        Rebuilds use it for generations nobody reads yet.
         """
         ...
 

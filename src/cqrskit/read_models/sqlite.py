@@ -144,7 +144,10 @@ class SQLiteReadModelStore:
         *,
         expected: LogPosition,
         position: LogPosition,
+        durable: bool = True,
     ) -> None:
+        # ``durable`` is not used: the connection's synchronous level cannot change inside a
+        # transaction, and a SQLite commit costs one fsync of the WAL either way.
         now = utc_now().isoformat()
 
         def apply(conn: sqlite3.Connection) -> None:
