@@ -53,10 +53,14 @@ async def _ours(
     backend = await open_()
     try:
         bus = _bus(backend)
-        commands = _commands(n + 20)
-        for command in commands[:20]:  # warm-up: statement cache, pool
-            await bus.dispatch(command)  # type: ignore[arg-type]
-        commands = commands[20:]
+        # Warm-up: statement caches, and the pool's connections opened as the raw reference
+        # opens its pool before timing (waves of `concurrency` commands at once).
+        warm = 20 + 2 * concurrency
+        commands = _commands(n + warm)
+        for start in range(0, warm, concurrency):
+            wave = commands[start : min(start + concurrency, warm)]
+            await asyncio.gather(*(bus.dispatch(c) for c in wave))  # type: ignore[arg-type]
+        commands = commands[warm:]
         per = n // concurrency
 
         async def worker(k: int) -> None:

@@ -59,7 +59,9 @@ def _start(app: str, url: str, env: dict[str, str] | None = None) -> subprocess.
     port = PORTS[app]
     command = [sys.executable, "-m", "uvicorn", "--factory", f"bench.http_apps:{app}",
                "--host", "127.0.0.1", "--port", str(port), *UVICORN]  # fmt: skip
-    env = {**os.environ, **(env or {}), "BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    # This tree's src first: an editable install elsewhere must not serve another tree's code.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, **(env or {}), "BENCH_DATABASE_URL": url, "PYTHONPATH": path}
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
