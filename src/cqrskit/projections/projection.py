@@ -99,6 +99,10 @@ class Projection:
     truncate: ClassVar[Sequence[Sql]] = ()
     tables: ClassVar[tuple[str, ...]] = ()
     indexes: ClassVar[tuple[str, ...]] = ()
+    staged_rebuild: ClassVar[bool] = False
+    """Whether the SQLite form of every statement builds exactly the rows the PostgreSQL form
+    does, so a PostgreSQL rebuild may replay into a SQLite file and COPY the rows
+    (:mod:`cqrskit.projections.staging`)."""
     _routes: ClassVar[dict[type[DomainEvent], _Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

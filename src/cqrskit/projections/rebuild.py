@@ -38,6 +38,7 @@ from cqrskit.messages import LOG_START, LogPosition, RecordedEvent
 from cqrskit.projections.generations import VERSIONS_DDL, execute, live_tables
 from cqrskit.projections.projection import physical_name
 from cqrskit.projections.runner import ProjectionRunner, RebuildProgress
+from cqrskit.projections.staging import stage
 from cqrskit.read_models.protocol import Statement, sql
 
 __all__ = ["BlueGreenRebuild", "follow", "needs_rebuild", "shadow_name"]
@@ -113,11 +114,26 @@ class BlueGreenRebuild:
         shadow.durable = False
         await shadow.migrate()
         status = RebuildProgress(projection.version, target, await store.count_after(LOG_START))
-        status.applied = status.total - await store.count_after(
-            await read_models.checkpoint(shadow.checkpoint_name)
+        fresh = await read_models.checkpoint(shadow.checkpoint_name) == LOG_START
+        status.applied = (
+            0
+            if fresh
+            else status.total
+            - await store.count_after(await read_models.checkpoint(shadow.checkpoint_name))
         )
         live.status.rebuild = status
 
+        if fresh:
+            # A shadow at the start holds nothing a checkpoint vouches for: empty it (a staged
+            # COPY interrupted before its checkpoint moved may have left rows).
+            fence = [] if live.fence is None else [live.fence]
+            await execute(
+                read_models,
+                [
+                    *fence,
+                    *(Statement(projection.physical(t, target), ()) for t in projection.truncate),
+                ],
+            )
         base = status.applied
 
         def advance(_position: LogPosition, applied: int) -> None:
@@ -126,6 +142,8 @@ class BlueGreenRebuild:
                 self.progress(status)
 
         try:
+            if fresh:
+                await stage(shadow, batch_size=self.batch_size, progress=advance)
             while True:
                 base = status.applied
                 shadow.status.events_applied = 0

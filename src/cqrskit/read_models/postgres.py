@@ -108,6 +108,15 @@ async def _run(conn: Any, statements: Sequence[Statement]) -> None:
             await conn.executemany(text, params)
 
 
+async def _move(conn: Any, name: str, expected: LogPosition, position: LogPosition) -> None:
+    # The fenced checkpoint move that opens every batch (see the module docstring).
+    moved = _rows_changed(await conn.execute(_MOVE, name, *position, *expected))
+    if not moved and expected == LOG_START:
+        moved = _rows_changed(await conn.execute(_START, name, *position))
+    if not moved:
+        raise ProjectionError(f"checkpoint of {name!r} moved; batch discarded")
+
+
 def _rows_changed(status: str) -> int:
     # asyncpg returns the command tag, e.g. "UPDATE 1" or "INSERT 0 1".
     return int(status.rsplit(" ", 1)[-1])
@@ -157,12 +166,29 @@ class PostgresReadModelStore:
         async with self.db.transaction() as conn:
             if not durable:
                 await conn.execute(_ASYNC_COMMIT)
-            moved = _rows_changed(await conn.execute(_MOVE, name, *position, *expected))
-            if not moved and expected == LOG_START:
-                moved = _rows_changed(await conn.execute(_START, name, *position))
-            if not moved:
-                raise ProjectionError(f"checkpoint of {name!r} moved; batch discarded")
+            await _move(conn, name, expected, position)
             await _run(conn, statements)
+
+    async def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        records: Sequence[tuple[Any, ...]],
+        *,
+        statements: Sequence[Statement] = (),
+        durable: bool = True,
+    ) -> None:
+        """COPY ``records`` into ``table`` in one transaction, after ``statements`` (a fence).
+
+        Used by staged rebuilds (:mod:`cqrskit.projections.staging`) to fill a shadow
+        generation in chunks; callers keep each chunk small, since the transaction holds the
+        log's read fence like any other.
+        """
+        async with self.db.transaction() as conn:
+            if not durable:
+                await conn.execute(_ASYNC_COMMIT)
+            await _run(conn, statements)
+            await conn.copy_records_to_table(table, records=records, columns=list(columns))
 
     async def reset(self, name: str, statements: Sequence[Statement]) -> None:
         async with self.db.transaction() as conn:

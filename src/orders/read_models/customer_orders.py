@@ -90,6 +90,7 @@ class CustomerOrdersProjection(Projection):
 
     name = "customer_orders"
     version = 1
+    staged_rebuild = True  # both dialects build the same rows (test_staged_rebuild.py)
     tables = (
         "customer_orders_customers",
         "customer_orders_orders",

@@ -118,6 +118,7 @@ class CustomerSummaryProjection(Projection):
 
     name = "customer_summary"
     version = 1
+    staged_rebuild = True  # both dialects build the same rows (test_staged_rebuild.py)
     tables = (
         "customer_summary_customers",
         "customer_summary_orders",

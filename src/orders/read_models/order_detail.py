@@ -135,6 +135,7 @@ class OrderDetailProjection(Projection):
 
     name = "order_detail"
     version = 2  # 2: orders carry their stream version (the ETag)
+    staged_rebuild = True  # both dialects build the same rows (test_staged_rebuild.py)
     tables = (
         "order_detail_customers",
         "order_detail_products",

@@ -259,6 +259,7 @@ class OrderSearchProjection(Projection):
 
     name = "order_search"
     version = 1
+    staged_rebuild = True  # both dialects build the same rows (test_staged_rebuild.py)
     tables = (
         "order_search_fts",
         "order_search_customers",

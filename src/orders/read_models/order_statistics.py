@@ -150,6 +150,7 @@ class OrderStatisticsProjection(Projection):
 
     name = "order_statistics"
     version = 1
+    staged_rebuild = True  # both dialects build the same rows (test_staged_rebuild.py)
     tables = (
         "order_statistics_products",
         "order_statistics_orders",
