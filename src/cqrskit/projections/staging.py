@@ -23,7 +23,8 @@ so the log's read fence is never held long; the shadow's checkpoint moves from t
 the staged position only after every chunk is in, and a shadow found at the start is emptied
 before it is filled (see :class:`~cqrskit.projections.rebuild.BlueGreenRebuild`), so a crash
 mid-COPY leaves nothing that a retry would apply twice. The staging file lives in a private
-temporary directory and is deleted afterwards.
+temporary directory and is deleted afterwards; SQLite's page cache for it is capped at 64 MiB
+(a larger read model spills to the file, in the system's temporary directory).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class _Staging:
         path = Path(self.directory.name) / "stage.db"
         # Used from one worker thread at a time (asyncio.to_thread, awaited in turn).
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -262144"):
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -65536"):
             self.conn.execute(f"PRAGMA {pragma}")
 
     def run(self, texts: Sequence[str]) -> None:
