@@ -10,12 +10,13 @@ projection makes, precomputed for the raw-driver references.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from cqrskit.messages import utc_now
+from cqrskit.messages import LOG_START, utc_now
 from cqrskit.store.protocol import NO_STREAM, EventStore, StreamAppend
 from orders.customer import Customer
 from orders.order import Order
@@ -26,12 +27,16 @@ __all__ = [
     "CUSTOMERS",
     "PER_ORDER",
     "RAW_DDL",
+    "READ",
     "OrdersLog",
     "copy_orders",
     "raw_sql",
+    "read_rate",
     "seed_orders",
 ]
 
+READ = "read + decode only"
+"""The label of the ceiling reference: the log read through ``EventStore.read_all`` alone."""
 CUSTOMERS = 100
 PER_ORDER = 10
 APPEND_STREAMS = 200
@@ -175,3 +180,17 @@ async def copy_orders(store: EventStore, url: str, n_events: int) -> OrdersLog:
     finally:
         await conn.close()
     return log
+
+
+async def read_rate(store: EventStore, page: int) -> dict[str, float]:
+    """Events/s of reading the whole log through ``store.read_all`` in pages, decoding each.
+
+    The ceiling of anything that applies the log as typed events: what a catch-up or a
+    rebuild would reach if applying cost nothing.
+    """
+    started = time.perf_counter()
+    after, events = LOG_START, 0
+    while batch := await store.read_all(after=after, limit=page):
+        events += len(batch)
+        after = batch[-1].position
+    return {"rate": events / (time.perf_counter() - started)}

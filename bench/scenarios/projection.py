@@ -5,7 +5,8 @@ reads an orders-domain log (:mod:`bench.orders_log`) and commits each batch of t
 service's ``customer_orders`` read model (one summary row per order) with its checkpoint.
 Raw reference: the same statements (one per event, precomputed) written with the driver's
 ``executemany`` in transactions of 500 events plus the checkpoint update; it does not read the
-log, so it is the write ceiling. ``eventsourcing``: its projection runner (PostgreSQL) or a
+log, so it is the write ceiling; "read + decode only" reads the same log through the store and
+applies nothing, the read ceiling. ``eventsourcing``: its projection runner (PostgreSQL) or a
 pull loop (SQLite), one transaction per event, on a smaller log of the benchmark's account
 domain with a one-upsert-per-event summary (its rate does not depend on the log's size).
 """
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from bench.harness import Bench, interleave
-from bench.orders_log import PER_ORDER, RAW_DDL, OrdersLog, raw_sql, seed_orders
+from bench.orders_log import PER_ORDER, RAW_DDL, READ, OrdersLog, raw_sql, read_rate, seed_orders
 from bench.report import ScenarioResult, Series
 from bench.stats import Target
 from cqrskit.backend import open_backend
@@ -149,7 +150,10 @@ def _one_backend(bench: Bench, backend_name: str) -> ScenarioResult:
             side.reset_projection()
             return {"rate": es_last / side.catch_up(es_last, es_last)}
 
-        variants: dict[str, Any] = {"ours": ours, raw_label: raw, ES: es}
+        def read() -> dict[str, float]:
+            return bench.run(read_rate(backend.store, BATCH))
+
+        variants: dict[str, Any] = {"ours": ours, raw_label: raw, ES: es, READ: read}
         runs = interleave(bench.sizes.proj_reps, variants)
     finally:
         side.close()
@@ -159,7 +163,11 @@ def _one_backend(bench: Bench, backend_name: str) -> ScenarioResult:
         name=f"projection catch-up, {n:,} events, atomic checkpoints, {backend_name}",
         unit="events/s",
         ours=Series("ours", runs["ours"]["rate"]),
-        references=[Series(raw_label, runs[raw_label]["rate"]), Series(ES, runs[ES]["rate"])],
+        references=[
+            Series(raw_label, runs[raw_label]["rate"]),
+            Series(ES, runs[ES]["rate"]),
+            Series(READ, runs[READ]["rate"]),
+        ],
         targets=[Target(">=", 0.5, raw_label), Target(">=", 25, ES)],
         params={
             "events": n,

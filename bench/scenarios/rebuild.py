@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, interleave
-from bench.orders_log import CUSTOMERS, PER_ORDER, OrdersLog, copy_orders
+from bench.orders_log import CUSTOMERS, PER_ORDER, READ, OrdersLog, copy_orders, read_rate
 from bench.report import ScenarioResult, Series
 from bench.stats import Target
 from cqrskit.backend import Backend, open_backend
-from cqrskit.messages import LOG_START
 from cqrskit.projections.generations import LiveReadModels
 from cqrskit.projections.rebuild import BlueGreenRebuild
 from cqrskit.projections.runner import ProjectionRunner
@@ -48,7 +47,6 @@ __all__ = ["rebuild_and_memory"]
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY = "raw COPY"
-READ = "read + decode only"
 _ORDERS = sql("SELECT count(*) AS n FROM customer_orders_orders")
 _COPY_DDL = (
     "DROP TABLE IF EXISTS raw_copy_orders",
@@ -125,15 +123,6 @@ def _rebuild(bench: Bench, backend: Backend, log: OrdersLog) -> dict[str, float]
             "queries_per_s": queries["ok"] / queries["seconds"]}  # fmt: skip
 
 
-async def _read_only(backend: Backend) -> dict[str, float]:
-    started = time.perf_counter()
-    after, events = LOG_START, 0
-    while page := await backend.store.read_all(after=after, limit=1000):
-        events += len(page)
-        after = page[-1].position
-    return {"rate": events / (time.perf_counter() - started)}
-
-
 async def _copy(url: str, n: int) -> dict[str, float]:
     import asyncpg
 
@@ -171,7 +160,7 @@ def rebuild_and_memory(bench: Bench) -> list[ScenarioResult]:
             bench.sizes.bg_reps,
             {"ours": lambda: _rebuild(bench, backend, log),
              COPY: lambda: bench.run(_copy(url, log.events)),
-             READ: lambda: bench.run(_read_only(backend))},
+             READ: lambda: bench.run(read_rate(backend.store, 1000))},
         )  # fmt: skip
     finally:
         bench.run(backend.close())
