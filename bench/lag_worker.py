@@ -48,8 +48,11 @@ class TimedCommits:
         *,
         expected: LogPosition,
         position: LogPosition,
+        durable: bool = True,
     ) -> None:
-        await self._inner.commit(name, statements, expected=expected, position=position)
+        await self._inner.commit(
+            name, statements, expected=expected, position=position, durable=durable
+        )
         self.commits.append((position, time.monotonic()))
         if self.target is not None and position >= self.target:
             self.reached.set()

@@ -49,7 +49,7 @@ from cqrskit.messages import (
     RecordedEvent,
     utc_now,
 )
-from cqrskit.store.mapper import deserialize, serialize
+from cqrskit.store.mapper import SerializedEvent, deserialize, serialize
 from cqrskit.store.protocol import ANY_VERSION, AppendResult, Backlog, StreamAppend
 
 __all__ = ["SCHEMA", "PostgresEventStore", "open_postgres_backend"]
@@ -426,9 +426,7 @@ class PostgresEventStore:
         # The common append, one event to one stream: scalar parameters straight from the
         # event, no column arrays to build (bench scenarios 1-3).
         stream_id, expected, (event,) = stream
-        if event.event_id == NIL_UUID:
-            event = event.model_copy(update={"event_id": uuid4()})
-        s = serialize(event)
+        event, s = _with_id(event)
         params = (
             stream_id,
             expected,
@@ -699,9 +697,7 @@ class _Arrays:
             bases.append(queued.get(stream_id, 0))
             queued[stream_id] = bases[-1] + len(events)
             for offset, event in enumerate(events, start=1):
-                if event.event_id == NIL_UUID:
-                    event = event.model_copy(update={"event_id": uuid4()})
-                s = serialize(event)
+                event, s = _with_id(event)
                 row = (
                     index,
                     s.event_id,
@@ -724,6 +720,13 @@ class _Arrays:
 
     def params(self) -> tuple[list[Any], ...]:
         return (*self.streams, *self.columns)
+
+
+def _with_id(event: DomainEvent) -> tuple[DomainEvent, SerializedEvent]:
+    # An event without an id (NIL_UUID) gets a random one here, as the store records it.
+    if event.event_id == NIL_UUID:
+        event = event.model_copy(update={"event_id": uuid4()})
+    return event, serialize(event)
 
 
 class _VersionRace(ConcurrencyError):
