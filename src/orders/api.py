@@ -18,7 +18,6 @@ they are not taken for an order id.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -280,12 +279,11 @@ async def get_order(order_id: UUID, queries: Queries) -> Response:
 
     The ``ETag`` is the order's version, for ``If-Match`` on the order's commands.
     """
-    response = await queries.answer(GetOrderById(order_id=order_id), OrderView)
-    if response.status_code == 200:
-        version = json.loads(bytes(response.body)).get("version")
-        if isinstance(version, int):
-            response.headers["ETag"] = etag(version)
-    return response
+    return await queries.answer(GetOrderById(order_id=order_id), OrderView, headers_of=_etag_of)
+
+
+def _etag_of(view: OrderView) -> dict[str, str]:
+    return {"ETag": etag(view.version)}
 
 
 @router.post("/orders/{order_id}/items")

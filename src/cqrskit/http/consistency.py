@@ -17,6 +17,7 @@ timeout is a 422 problem. Answers are otherwise exactly the route's response mod
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -70,15 +71,27 @@ class QueryAnswerer:
         self.position = position
         self.timeout = timeout
 
-    async def answer(self, query: Query, result_type: type[M]) -> Response:
+    async def answer(
+        self,
+        query: Query,
+        result_type: type[M],
+        *,
+        headers_of: Callable[[M], Mapping[str, str]] | None = None,
+    ) -> Response:
         """Dispatch ``query`` and render its ``result_type`` answer as JSON.
 
+        ``headers_of(result)`` adds headers to an answer (an ``ETag`` from the result's
+        version): taken from the result itself, so no route parses the body it just got.
         Errors propagate unchanged (the problem handlers map them to a status).
         """
         bus = self._runtime.query_bus
         if self.position is None:
             result = await bus.dispatch(query, result_type)
-            return Response(result.model_dump_json(), media_type="application/json")
+            return Response(
+                result.model_dump_json(),
+                media_type="application/json",
+                headers=None if headers_of is None else dict(headers_of(result)),
+            )
         reached = await bus.wait_for(query, self.position, timeout=self.timeout)
         state = "consistent" if reached else "stale"
         self._metrics.consistent_reads.labels(type(query).__name__, state).inc()
@@ -90,6 +103,8 @@ class QueryAnswerer:
             problem = await error_problem(self._request, exc)
             problem.headers.update(headers)
             return problem
+        if headers_of is not None:
+            headers.update(headers_of(result))
         if reached:
             return Response(
                 result.model_dump_json(), media_type="application/json", headers=headers

@@ -45,30 +45,42 @@ class RequestDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Done once the response has started: from then on the handler finishes it.
-        answering: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        expired = False
+        # One future, resolved when the handling ends or its time is up before its response
+        # started (from then on the handler finishes it); a timer handle and a done callback
+        # instead of asyncio.wait, which builds a waiter, sets and callbacks per request.
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        started = expired = False
 
         async def guarded_send(message: Message) -> None:
+            nonlocal started
             if expired:
                 return  # the client has its 503
-            if message["type"] == "http.response.start" and not answering.done():
-                answering.set_result(None)
+            if message["type"] == "http.response.start":
+                started = True
             await send(message)
 
+        def time_up() -> None:
+            if not started and not wake.done():
+                wake.set_result(None)
+
+        def finished(_: object) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
         handling = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        handling.add_done_callback(finished)
+        timer = loop.call_later(self.seconds, time_up)
         try:
-            await asyncio.wait(
-                {handling, answering}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            if handling.done() or answering.done():
+            await wake
+            if handling.done() or started:
                 await handling  # its outcome, exceptions included
                 return
         except BaseException:
             handling.cancel()
             raise
         finally:
-            answering.cancel()
+            timer.cancel()
         expired = True
         handling.cancel()
         await asyncio.wait({handling}, timeout=self.GRACE)

@@ -44,6 +44,10 @@ class BodyTimedOut(HTTPException):
         )
 
 
+_BODY_NEEDS_HEADER = frozenset({"1.0", "1.1"})
+"""HTTP versions whose request body exists only with a length or a transfer coding."""
+
+
 def _has_body(headers: Headers) -> bool:
     declared = headers.get("content-length")
     if declared is not None:
@@ -69,10 +73,15 @@ class BodySizeLimit:
             await self._reject(BodyTooLarge(), scope, receive, send)
             return
 
+        complete = not _has_body(headers)
+        if complete and scope.get("http_version") in _BODY_NEEDS_HEADER:
+            # HTTP/1 without Content-Length or Transfer-Encoding has no body: nothing to
+            # count or time, so no wrappers around receive and send (most GETs).
+            await self.app(scope, receive, send)
+            return
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
         received = 0
-        complete = not _has_body(headers)
         started = False
 
         async def limited_receive() -> Message:
